@@ -1,0 +1,156 @@
+"""Anvil as a managed process: the devnet chain and the simulation fork both run on it.
+
+A started Anvil is a resource: `async with Anvil(...)` always stops it, and
+`stop()` escalates from SIGTERM to SIGKILL under a deadline so no process is
+left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from keeper.errors import KeeperError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_ANVIL = REPO_ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
+
+# Anvil's default mnemonic account 0: a well-known devnet key, never a real one.
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
+
+
+class AnvilError(KeeperError):
+    """Anvil could not be started, or did not answer in time."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class AnvilOptions:
+    port: int = 0  # 0: pick a free port
+    chain_id: int = 31337
+    block_time: float | None = None  # None: automine
+    fork_url: str | None = None
+    fork_block: int | None = None
+    gas_limit: int = 100_000_000
+    code_size_limit: int | None = None
+    base_fee: int | None = None
+    extra: list[str] = field(default_factory=list)
+
+    def argv(self, binary: Path, port: int) -> list[str]:
+        args = [str(binary), "--port", str(port), "--host", "127.0.0.1",
+                "--chain-id", str(self.chain_id), "--gas-limit", str(self.gas_limit),
+                "--mnemonic", DEV_MNEMONIC, "--accounts", "10", "--balance", "1000000",
+                "--silent"]
+        if self.block_time is not None:
+            args += ["--block-time", str(self.block_time)]
+        if self.fork_url:
+            args += ["--fork-url", self.fork_url, "--no-rate-limit"]
+            if self.fork_block is not None:
+                args += ["--fork-block-number", str(self.fork_block)]
+        if self.code_size_limit:
+            args += ["--code-size-limit", str(self.code_size_limit)]
+        if self.base_fee is not None:
+            args += ["--base-fee", str(self.base_fee)]
+        return args + self.extra
+
+
+class Anvil:
+    """One Anvil process. Use as an async context manager, or start()/stop()."""
+
+    def __init__(self, options: AnvilOptions | None = None, *, binary: Path | None = None,
+                 detach: bool = False, log_path: Path | None = None) -> None:
+        self.options = options or AnvilOptions()
+        self.binary = Path(binary or DEFAULT_ANVIL)
+        self.detach = detach  # survive this Python process (keeper devnet up)
+        self.log_path = log_path
+        self.port = self.options.port or free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    async def start(self, *, timeout_s: float = 15.0) -> Anvil:
+        if not self.binary.exists():
+            raise AnvilError(f"anvil not found at {self.binary}: run `make setup` or set KEEPER_ANVIL_PATH")
+        out = open(self.log_path, "ab") if self.log_path else asyncio.subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.options.argv(self.binary, self.port),
+                stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=self.detach,
+            )
+        finally:
+            if self.log_path:
+                out.close()
+        try:
+            await wait_ready(self.url, timeout_s, self.proc)
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def stop(self, *, timeout_s: float = 5.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    async def __aenter__(self) -> Anvil:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def wait_ready(url: str, timeout_s: float, proc: asyncio.subprocess.Process | None = None) -> None:
+    """Poll eth_chainId until Anvil answers; fail fast if the process died."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
+    delay = 0.02
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http:
+        while True:
+            if proc is not None and proc.returncode is not None:
+                raise AnvilError(f"anvil exited with code {proc.returncode} before it was ready")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.post(url, json=body) as resp:
+                    if resp.status == 200:
+                        return
+            if asyncio.get_running_loop().time() > deadline:
+                raise AnvilError(f"anvil did not answer on {url} within {timeout_s}s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+
+def kill_pid(pid: int) -> bool:
+    """Stop a detached Anvil by pid (keeper devnet down). True when it was running."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        os.kill(pid, signal.SIGTERM)
+    return True

@@ -1,0 +1,122 @@
+"""Plain values handed from one stage to the next.
+
+Amounts are integers in the unit their name carries: `*_base` is the market's
+base currency (USD with 8 decimals on Aave V3), `*_wad` has 18 decimals, `*_ray`
+27, `*_bps` is basis points (1e4 = 100%), token amounts are in the token's units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Address = str  # checksummed 0x-address
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    """One listed asset and the risk parameters liquidation depends on."""
+
+    asset: Address
+    symbol: str
+    decimals: int
+    a_token: Address
+    variable_debt_token: Address
+    ltv_bps: int
+    liquidation_threshold_bps: int
+    liquidation_bonus_bps: int  # e.g. 10500 = 5% bonus
+    liquidation_protocol_fee_bps: int  # share of the bonus kept by the protocol
+    usage_as_collateral_enabled: bool
+    borrowing_enabled: bool
+    active: bool
+    frozen: bool
+    paused: bool
+    price_source: Address | None = None  # Chainlink-style feed behind the oracle
+
+
+@dataclass(frozen=True, slots=True)
+class Market:
+    """An Aave V3 market as discovered on chain from its PoolAddressesProvider."""
+
+    chain_id: int
+    provider: Address
+    pool: Address
+    oracle: Address
+    data_provider: Address
+    reserves: tuple[Reserve, ...]
+    base_currency_unit: int  # 1e8 for USD-based markets
+    flash_loan_premium_bps: int
+
+    def reserve(self, asset: Address) -> Reserve:
+        for r in self.reserves:
+            if r.asset.lower() == asset.lower():
+                return r
+        raise KeyError(asset)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountHealth:
+    """`Pool.getUserAccountData` of one borrower at one block."""
+
+    user: Address
+    block: int
+    total_collateral_base: int
+    total_debt_base: int
+    available_borrows_base: int
+    current_liquidation_threshold_bps: int
+    ltv_bps: int
+    health_factor_wad: int
+
+    @property
+    def liquidatable(self) -> bool:
+        return self.total_debt_base > 0 and self.health_factor_wad < 10**18
+
+
+@dataclass(frozen=True, slots=True)
+class ReservePosition:
+    """A borrower's balances in one reserve (token units, interest included)."""
+
+    asset: Address
+    collateral: int  # aToken balance
+    debt: int  # variable debt balance
+    collateral_enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Everything about one borrower that sizing a liquidation needs."""
+
+    user: Address
+    block: int
+    health: AccountHealth
+    reserves: tuple[ReservePosition, ...]
+    prices_base: dict[Address, int] = field(default_factory=dict)  # oracle price per asset
+
+
+@dataclass(frozen=True, slots=True)
+class Opportunity:
+    """A liquidation the strategy would send, priced before simulation."""
+
+    user: Address
+    block: int
+    collateral_asset: Address
+    debt_asset: Address
+    debt_to_cover: int  # debt-asset units passed to liquidationCall
+    expected_debt_repaid: int
+    expected_collateral_seized: int  # collateral units the liquidator receives
+    expected_protocol_fee: int  # collateral units sent to the treasury
+    gross_profit_base: int  # value(collateral received) - value(debt repaid)
+    cost_base: int  # gas + flash premium + swap cost, base currency
+    net_profit_base: int
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    """What the fork says the liquidation does to the keeper's balances."""
+
+    opportunity: Opportunity
+    success: bool
+    gas_used: int
+    gas_cost_wei: int
+    balance_deltas: dict[Address, int]  # token -> signed change for the keeper
+    profit_base: int  # valued at the fork block's oracle prices, gas included
+    revert_reason: str | None = None
