@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 
 from keeper.devnet.build import Build, build_aave, build_own
 from keeper.devnet.chain import DEPLOYER, DevChain
@@ -266,13 +266,3 @@ def _encode_rate_data(optimal: int, base: int, slope1: int, slope2: int) -> byte
     from eth_abi import encode
 
     return encode(["(uint16,uint32,uint32,uint32)"], [(optimal, base, slope1, slope2)])
-
-
-def aave_error_selectors(aave: Build) -> dict[bytes, str]:
-    """Custom errors raised inside the logic libraries decode only with the Errors ABI."""
-    out = {}
-    for entry in aave["Errors"].abi:
-        if entry["type"] == "error":
-            sig = f"{entry['name']}({','.join(i['type'] for i in entry['inputs'])})"
-            out[keccak(text=sig)[:4]] = entry["name"]
-    return out

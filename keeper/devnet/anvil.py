@@ -89,7 +89,7 @@ class Anvil:
     async def start(self, *, timeout_s: float = 15.0) -> Anvil:
         if not self.binary.exists():
             raise AnvilError(f"anvil not found at {self.binary}: run `make setup` or set KEEPER_ANVIL_PATH")
-        out = open(self.log_path, "ab") if self.log_path else asyncio.subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log_path, "ab") if self.log_path else asyncio.subprocess.DEVNULL
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.options.argv(self.binary, self.port),

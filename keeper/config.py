@@ -1,0 +1,160 @@
+"""Settings from env (`KEEPER_*`), a `.env` file and CLI overrides, validated once at start.
+
+Precedence: CLI overrides > environment > .env > defaults. Secrets are SecretStr and
+never appear in errors, reprs or `redacted()`; validation errors are re-raised as
+ConfigError with one line per field naming its env var.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from eth_utils import is_checksum_address, to_checksum_address
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from keeper.errors import ConfigError
+from keeper.log import redact_url
+
+ENV_PREFIX = "KEEPER_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ANVIL = REPO_ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
+_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _address(v: str | None) -> str | None:
+    if v is None or v == "":
+        return None
+    v = v.strip()
+    if not _ADDRESS.match(v):
+        raise ValueError("must be a 0x-prefixed 20-byte hex address")
+    if v != v.lower() and v[2:] != v[2:].upper() and not is_checksum_address(v):
+        raise ValueError("mixed-case address with a wrong checksum (typo?)")
+    return to_checksum_address(v)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+        hide_input_in_errors=True,  # a bad private key must never be echoed
+        validate_default=True,
+    )
+
+    # chain access
+    rpc_url: str | None = Field(None, description="HTTP(S) JSON-RPC; required for run/scan")
+    ws_url: str | None = None
+    chain_id: int | None = Field(None, description="if set, the node must report this id")
+    pool_addresses_provider: str | None = None
+    start_block: int = Field(0, ge=0)
+
+    # execution
+    private_key: SecretStr | None = None
+    dry_run: bool = False
+    execution: Literal["inventory", "flashloan"] = "inventory"
+    executor_address: str | None = None
+    min_profit_usd: Decimal = Field(Decimal(1), ge=0)
+    max_fee_gwei: Decimal = Field(Decimal(500), gt=0)
+
+    # RPC tuning
+    rpc_timeout_s: float = Field(10.0, gt=0)
+    rpc_max_retries: int = Field(4, ge=0, le=20)
+    multicall_batch_size: int = Field(500, ge=1)
+    # geth's default eth_call gas cap; 500 getUserAccountData ~ 23M fits with headroom.
+    multicall_gas: int = Field(50_000_000, ge=1_000_000)
+    getlogs_max_range: int = Field(10_000, ge=1)
+
+    # local tooling and ops
+    anvil_path: Path = DEFAULT_ANVIL
+    db_path: Path = Path("keeper.db")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9108, ge=0, le=65535, description="0 disables /metrics")
+    log_level: str = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("rpc_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v and not re.match(r"^https?://[^/\s]+", v.strip()):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.strip() if v else None
+
+    @field_validator("ws_url")
+    @classmethod
+    def _ws_url(cls, v: str | None) -> str | None:
+        if v and not re.match(r"^wss?://[^/\s]+", v.strip()):
+            raise ValueError("must be a ws:// or wss:// URL")
+        return v.strip() if v else None
+
+    @field_validator("pool_addresses_provider", "executor_address")
+    @classmethod
+    def _checksum(cls, v: str | None) -> str | None:
+        return _address(v)
+
+    @field_validator("private_key")
+    @classmethod
+    def _key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or v.get_secret_value().strip() == "":
+            return None
+        raw = v.get_secret_value().strip()
+        if not _KEY.match(raw):
+            # Deliberately says nothing about the value (not even its length).
+            raise ValueError("must be 32 bytes of hex (64 hex characters, optional 0x)")
+        return SecretStr(raw if raw.startswith("0x") else "0x" + raw)
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v.lower() not in _LEVELS:
+            raise ValueError(f"must be one of {', '.join(_LEVELS)}")
+        return v.lower()
+
+    def require(self, *fields: str) -> None:
+        """Raise ConfigError naming every listed field that is unset (for a command's needs)."""
+        missing = [f for f in fields if getattr(self, f) in (None, "")]
+        if missing:
+            raise ConfigError(
+                "\n".join(f"{ENV_PREFIX}{f.upper()}: required for this command" for f in missing)
+            )
+
+    def redacted(self) -> dict[str, Any]:
+        """All settings as JSON-friendly values, safe to log: secrets masked, URLs cut to host."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = "***"
+            elif name.endswith("_url") and value:
+                value = redact_url(value)
+            elif isinstance(value, Decimal | Path):
+                value = str(value)
+            out[name] = value
+        return out
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return f"{ENV_PREFIX}{str(loc[0]).upper()}" if loc else "settings"
+
+
+def load_settings(**cli_overrides: Any) -> Settings:
+    """Build Settings; `None` overrides (CLI options not given) are ignored.
+
+    Raises ConfigError with lines like "KEEPER_PRIVATE_KEY: must be 32 bytes of hex ...".
+    """
+    overrides = {k: v for k, v in cli_overrides.items() if v is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors(include_input=False, include_url=False):
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{_env_name(err['loc'])}: {msg}")
+        # `from None`: the ValidationError must not ride along in tracebacks.
+        raise ConfigError("\n".join(lines)) from None

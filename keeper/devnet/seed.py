@@ -1,0 +1,256 @@
+"""Seed a devnet market with borrowers whose health factors are planned in advance.
+
+A plan is pure (`plan_borrowers`): amounts come from the quoted prices and
+each reserve's liquidation threshold, so a test knows every borrower's
+collateral, debt and health factor before a transaction is sent. Execution
+sends each phase as one JSON-RPC batch with automine off and mines until the
+pool is empty: thousands of borrowers take a few blocks, not thousands.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from eth_abi import encode
+from eth_utils import keccak, to_checksum_address
+
+from keeper.chain.rpc import RpcClient
+from keeper.devnet.aave import ASSETS, Deployment
+from keeper.errors import KeeperError, RpcError
+from keeper.log import get_logger
+
+log = get_logger(__name__)
+
+UINT256_MAX = 2**256 - 1
+SPECS = {s.symbol: s for s in ASSETS}
+GAS_PRICE = 50 * 10**9
+
+
+def _selector(signature: str) -> bytes:
+    return keccak(text=signature)[:4]
+
+
+SEL_MINT = _selector("mint(address,uint256)")
+SEL_APPROVE = _selector("approve(address,uint256)")
+SEL_DEPOSIT = _selector("deposit()")
+SEL_SUPPLY = _selector("supply(address,uint256,address,uint16)")
+SEL_BORROW = _selector("borrow(address,uint256,uint256,uint16,address)")
+SEL_SET_ANSWER = _selector("setAnswer(int256)")
+SEL_LATEST_ANSWER = _selector("latestAnswer()")
+
+
+class SeedError(KeeperError):
+    """Seeding the devnet failed: a planned borrower did not end up with its position."""
+
+
+@dataclass(frozen=True, slots=True)
+class BorrowerPlan:
+    address: str
+    collateral: dict[str, int]  # symbol -> token units supplied
+    debt: dict[str, int]  # symbol -> token units borrowed
+    target_hf_bps: int  # health factor planned at the quoted prices, 10_000 = 1.0
+
+    def collateral_usd(self, prices_e8: dict[str, int]) -> int:
+        return sum(_value_e8(s, a, prices_e8) for s, a in self.collateral.items()) // 10**8
+
+    def to_json(self) -> dict:
+        return {"address": self.address, "collateral": self.collateral, "debt": self.debt,
+                "target_hf_bps": self.target_hf_bps}
+
+
+def _value_e8(symbol: str, amount: int, prices_e8: dict[str, int]) -> int:
+    """Base-currency value (8 decimals) of a token amount, rounded down like the oracle path."""
+    return amount * prices_e8[symbol] // 10 ** SPECS[symbol].decimals
+
+
+def quoted_prices() -> dict[str, int]:
+    return {s.symbol: s.price_e8 for s in ASSETS}
+
+
+def borrower_address(index: int, salt: int = 0) -> str:
+    return to_checksum_address(keccak(text=f"keeper-devnet-borrower:{salt}:{index}")[-20:])
+
+
+def plan_borrowers(n: int, *, seed: int = 7, hf_min_bps: int = 10_200,
+                   hf_max_bps: int = 25_000, salt: int = 0) -> list[BorrowerPlan]:
+    """Mixed collateral and debt, small and large positions, HF in [hf_min, hf_max]."""
+    rng = random.Random(seed)
+    prices = quoted_prices()
+    symbols = [s.symbol for s in ASSETS]
+    plans = []
+    for i in range(n):
+        coll_syms = rng.sample(symbols, rng.choice((1, 1, 2)))
+        debt_choices = [s for s in symbols if s not in coll_syms]
+        debt_syms = rng.sample(debt_choices, rng.choice((1, 1, 2)))
+        # One in five is small (under $2,000 of collateral); the rest spread to $2M.
+        if i % 5 == 0:
+            coll_usd = rng.randint(1_300, 1_950)
+        else:
+            coll_usd = int(10 ** rng.uniform(3.4, 6.3))
+        # Lean towards the line, where liquidations happen, but cover the whole range.
+        hf_bps = rng.randint(hf_min_bps, min(hf_max_bps, 13_000)) if rng.random() < 0.6 \
+            else rng.randint(hf_min_bps, hf_max_bps)
+        collateral = _split_amounts(rng, coll_syms, coll_usd * 10**8, prices)
+        weighted_lt_e8 = sum(
+            _value_e8(s, a, prices) * SPECS[s].liquidation_threshold_bps
+            for s, a in collateral.items()
+        ) // 10_000
+        debt_e8 = weighted_lt_e8 * 10_000 // hf_bps
+        debt = _split_amounts(rng, debt_syms, debt_e8, prices)
+        plans.append(BorrowerPlan(borrower_address(i, salt), collateral, debt, hf_bps))
+    return plans
+
+
+def _split_amounts(rng: random.Random, symbols: Sequence[str], total_e8: int,
+                   prices: dict[str, int]) -> dict[str, int]:
+    if len(symbols) == 1:
+        shares = [10_000]
+    else:
+        first = rng.randint(3_000, 7_000)
+        shares = [first, 10_000 - first]
+    out = {}
+    for sym, share in zip(symbols, shares, strict=True):
+        value_e8 = total_e8 * share // 10_000
+        out[sym] = value_e8 * 10 ** SPECS[sym].decimals // prices[sym]
+    return out
+
+
+def _tx(sender: str, to: str, data: bytes, nonce: int, gas: int, value: int = 0) -> dict:
+    return {"from": sender, "to": to, "data": "0x" + data.hex(), "nonce": hex(nonce),
+            "gas": hex(gas), "gasPrice": hex(GAS_PRICE), "value": hex(value)}
+
+
+class Seeder:
+    """Sends planned positions to a devnet market through raw JSON-RPC batches."""
+
+    def __init__(self, rpc: RpcClient, deployment: Deployment, *, batch_size: int = 500) -> None:
+        self.rpc = rpc
+        self.d = deployment
+        self.batch_size = batch_size
+
+    async def seed(self, plans: Sequence[BorrowerPlan], *, liquidity_usd: int = 2_000_000_000) -> None:
+        block = await self.rpc.get_block("latest")
+        await self.rpc.call("anvil_autoImpersonateAccount", [True])
+        await self.rpc.call("evm_setAutomine", [False])
+        # One block per phase: Anvil's pool can drop a sender's later nonces when a full
+        # block splits its transactions, so lift the gas limit while seeding.
+        await self.rpc.call("anvil_setBlockGasLimit", [hex(2**40)])
+        try:
+            await self._run(self._fund_txs(plans, liquidity_usd, await self._nonce(self.d.deployer)))
+            await self._run(self._supply_txs(plans))
+            await self._run(self._borrow_txs(plans))
+        finally:
+            await self.rpc.call("anvil_setBlockGasLimit", [block["gasLimit"]])
+            await self.rpc.call("evm_setAutomine", [True])
+            await self.rpc.call("anvil_autoImpersonateAccount", [False])
+        # Full seeding blocks push the base fee up; put it back so gas costs stay realistic.
+        await self.rpc.call("anvil_setNextBlockBaseFeePerGas", [hex(10**9)])
+        await self.rpc.call("evm_mine", [])
+
+    async def _nonce(self, address: str) -> int:
+        return int(await self.rpc.call("eth_getTransactionCount", [address, "pending"]), 16)
+
+    def _fund_txs(self, plans: Sequence[BorrowerPlan], liquidity_usd: int, nonce: int) -> list:
+        """The deployer mints collateral to borrowers and supplies deep liquidity to every reserve."""
+        d, txs, cheats = self.d, [], []
+        for plan in plans:
+            eth = 10**18 + plan.collateral.get("WETH", 0)
+            cheats.append(("anvil_setBalance", [plan.address, hex(eth)]))
+            for sym, amount in plan.collateral.items():
+                if sym != "WETH":
+                    data = SEL_MINT + encode(["address", "uint256"], [plan.address, amount])
+                    txs.append(_tx(d.deployer, d.assets[sym], data, nonce, 100_000))
+                    nonce += 1
+        for spec in ASSETS:
+            amount = liquidity_usd * 10**8 * 10**spec.decimals // spec.price_e8
+            token = d.assets[spec.symbol]
+            if spec.symbol == "WETH":
+                cheats.append(("anvil_setBalance", [d.deployer, hex(amount + 10**24)]))
+                txs.append(_tx(d.deployer, token, SEL_DEPOSIT, nonce, 100_000, value=amount))
+            else:
+                data = SEL_MINT + encode(["address", "uint256"], [d.deployer, amount])
+                txs.append(_tx(d.deployer, token, data, nonce, 100_000))
+            data = SEL_APPROVE + encode(["address", "uint256"], [d.pool, UINT256_MAX])
+            txs.append(_tx(d.deployer, token, data, nonce + 1, 100_000))
+            data = SEL_SUPPLY + encode(["address", "uint256", "address", "uint16"],
+                                       [token, amount, d.deployer, 0])
+            txs.append(_tx(d.deployer, d.pool, data, nonce + 2, 500_000))
+            nonce += 3
+        return [*cheats, *(("eth_sendTransaction", [t]) for t in txs)]
+
+    def _supply_txs(self, plans: Sequence[BorrowerPlan]) -> list:
+        d, calls = self.d, []
+        for plan in plans:
+            nonce = 0
+            for sym, amount in plan.collateral.items():
+                token = d.assets[sym]
+                if sym == "WETH":
+                    calls.append(_tx(plan.address, token, SEL_DEPOSIT, nonce, 100_000, value=amount))
+                    nonce += 1
+                data = SEL_APPROVE + encode(["address", "uint256"], [d.pool, UINT256_MAX])
+                calls.append(_tx(plan.address, token, data, nonce, 100_000))
+                data = SEL_SUPPLY + encode(["address", "uint256", "address", "uint16"],
+                                           [token, amount, plan.address, 0])
+                calls.append(_tx(plan.address, d.pool, data, nonce + 1, 500_000))
+                nonce += 2
+        return [("eth_sendTransaction", [t]) for t in calls]
+
+    def _borrow_txs(self, plans: Sequence[BorrowerPlan]) -> list:
+        d, calls = self.d, []
+        for plan in plans:
+            nonce = sum(2 + (s == "WETH") for s in plan.collateral)
+            for sym, amount in plan.debt.items():
+                data = SEL_BORROW + encode(["address", "uint256", "uint256", "uint16", "address"],
+                                           [d.assets[sym], amount, 2, 0, plan.address])
+                calls.append(_tx(plan.address, d.pool, data, nonce, 800_000))
+                nonce += 1
+        return [("eth_sendTransaction", [t]) for t in calls]
+
+    async def _run(self, calls: list) -> None:
+        for start in range(0, len(calls), self.batch_size):
+            results = await self.rpc.batch(calls[start : start + self.batch_size])
+            failed = [r for r in results if isinstance(r, RpcError)]
+            if failed:
+                raise SeedError(f"{len(failed)} seeding calls were refused, first: {failed[0]}")
+        await self._mine_until_empty()
+
+    async def _mine_until_empty(self, max_blocks: int = 10_000) -> None:
+        for _ in range(max_blocks):
+            status = await self.rpc.call("txpool_status", [])
+            if int(status["pending"], 16) == 0 and int(status["queued"], 16) == 0:
+                return
+            # Full blocks raise the base fee 12.5% each; hold it so queued txs stay includable.
+            await self.rpc.call("anvil_setNextBlockBaseFeePerGas", [hex(10**9)])
+            await self.rpc.call("evm_mine", [])
+        raise SeedError("the transaction pool did not drain")
+
+
+async def set_price(rpc: RpcClient, deployment: Deployment, symbol: str, price_e8: int,
+                    *, sender: str | None = None) -> str:
+    """Move a devnet feed; the feed emits AnswerUpdated like a Chainlink aggregator."""
+    data = SEL_SET_ANSWER + encode(["int256"], [price_e8])
+    tx = {"from": sender or deployment.deployer, "to": deployment.feeds[symbol],
+          "data": "0x" + data.hex(), "gas": hex(200_000)}
+    return await rpc.call("eth_sendTransaction", [tx])
+
+
+async def get_price(rpc: RpcClient, deployment: Deployment, symbol: str) -> int:
+    raw = await rpc.call("eth_call", [{"to": deployment.feeds[symbol],
+                                       "data": "0x" + SEL_LATEST_ANSWER.hex()}, "latest"])
+    return int(raw, 16)
+
+
+async def shock(rpc: RpcClient, deployment: Deployment, symbol: str, pct: float | str) -> tuple[int, int]:
+    """Move `symbol`'s price by `pct` percent (e.g. -12.5). Returns (old, new) in 8 decimals."""
+    from decimal import Decimal
+
+    if symbol not in deployment.feeds:
+        raise KeeperError(f"unknown asset {symbol!r}; devnet assets: {', '.join(deployment.assets)}")
+    old = await get_price(rpc, deployment, symbol)
+    new = int(Decimal(old) * (Decimal(100) + Decimal(str(pct))) / Decimal(100))
+    if new <= 0:
+        raise KeeperError(f"a {pct}% shock would make the {symbol} price non-positive")
+    await set_price(rpc, deployment, symbol, new)
+    return old, new

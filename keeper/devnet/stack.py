@@ -1,0 +1,110 @@
+"""The whole local stand-in for mainnet: Anvil + Aave V3 market + seeded borrowers + a funded keeper."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eth_abi import encode
+
+from keeper.chain.rpc import RpcClient
+from keeper.devnet.aave import ASSETS, Deployment, deploy_market
+from keeper.devnet.anvil import Anvil, AnvilOptions
+from keeper.devnet.chain import DevChain
+from keeper.devnet.seed import SEL_APPROVE, SEL_DEPOSIT, SEL_MINT, BorrowerPlan, Seeder, plan_borrowers
+from keeper.log import get_logger
+
+log = get_logger(__name__)
+
+# Anvil's default account 1 (from the public test mnemonic): the devnet keeper's wallet.
+KEEPER_ADDRESS = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+KEEPER_DEV_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+
+
+@dataclass
+class Devnet:
+    anvil: Anvil
+    deployment: Deployment
+    plans: list[BorrowerPlan]
+    rpc: RpcClient
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.anvil.url
+
+    def keeper_env(self) -> dict[str, str]:
+        """The KEEPER_ settings that point a keeper at this devnet."""
+        return {
+            "KEEPER_RPC_URL": self.url,
+            "KEEPER_POOL_ADDRESSES_PROVIDER": self.deployment.pool_addresses_provider,
+            "KEEPER_START_BLOCK": str(self.deployment.start_block),
+            "KEEPER_CHAIN_ID": str(self.deployment.chain_id),
+            "KEEPER_PRIVATE_KEY": KEEPER_DEV_KEY,
+        }
+
+    async def close(self) -> None:
+        await self.rpc.close()
+        await self.anvil.stop()
+
+
+async def launch(*, borrowers: int = 200, seed: int = 7, port: int = 0, block_time: float | None = None,
+                 detach: bool = False, log_path: Path | None = None, fund_keeper_usd: int = 5_000_000,
+                 anvil_binary: Path | None = None) -> Devnet:
+    """Start Anvil, deploy the market, seed borrowers and fund the keeper's inventory.
+
+    With `block_time`, blocks are mined on an interval like a real chain's; set-up
+    still runs on automine so it finishes in seconds.
+    """
+    anvil = Anvil(AnvilOptions(port=port), binary=anvil_binary, detach=detach, log_path=log_path)
+    await anvil.start()
+    rpc = RpcClient(anvil.url, timeout_s=120, max_batch=500)
+    await rpc.start()
+    try:
+        timings: dict[str, float] = {}
+        chain = DevChain(anvil.url)
+        t0 = time.monotonic()
+        deployment = await deploy_market(chain)
+        await chain.close()
+        timings["deploy_s"] = time.monotonic() - t0
+        plans = plan_borrowers(borrowers, seed=seed)
+        t0 = time.monotonic()
+        await Seeder(rpc, deployment).seed(plans)
+        timings["seed_s"] = time.monotonic() - t0
+        await fund_inventory(rpc, deployment, KEEPER_ADDRESS, fund_keeper_usd)
+        if block_time is not None:
+            await rpc.call("evm_setIntervalMining", [block_time])
+        log.info("devnet.ready", url=anvil.url, borrowers=len(plans), **{k: round(v, 2) for k, v in timings.items()})
+        return Devnet(anvil, deployment, plans, rpc, timings)
+    except BaseException:
+        await rpc.close()
+        await anvil.stop()
+        raise
+
+
+async def fund_inventory(rpc: RpcClient, d: Deployment, holder: str, usd_each: int) -> None:
+    """Give `holder` `usd_each` dollars of every listed asset (inventory-mode liquidations)."""
+    await rpc.call("anvil_impersonateAccount", [holder])
+    try:
+        for spec in ASSETS:
+            amount = usd_each * 10**spec.decimals * 10**8 // spec.price_e8
+            token = d.assets[spec.symbol]
+            if spec.symbol == "WETH":
+                await rpc.call("anvil_setBalance", [holder, hex(amount + 100 * 10**18)])
+                await _send(rpc, holder, token, SEL_DEPOSIT, value=amount)
+            else:
+                await _send(rpc, d.deployer, token, SEL_MINT + encode(["address", "uint256"], [holder, amount]))
+    finally:
+        await rpc.call("anvil_stopImpersonatingAccount", [holder])
+
+
+async def _send(rpc: RpcClient, sender: str, to: str, data: bytes, value: int = 0) -> None:
+    tx = {"from": sender, "to": to, "data": "0x" + data.hex(), "value": hex(value), "gas": hex(300_000)}
+    tx_hash = await rpc.call("eth_sendTransaction", [tx])
+    receipt = await rpc.wait_for_receipt(tx_hash, timeout=30, poll_interval=0.05)
+    if int(receipt["status"], 16) != 1:
+        raise RuntimeError(f"devnet funding tx to {to} reverted")
+
+
+__all__ = ["KEEPER_ADDRESS", "KEEPER_DEV_KEY", "SEL_APPROVE", "Devnet", "fund_inventory", "launch"]

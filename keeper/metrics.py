@@ -1,0 +1,149 @@
+"""Every keeper metric, registered in one place on a private CollectorRegistry.
+
+No global registry: two Metrics (two tests, two apps in one process) never collide.
+Labels are small closed sets (outcomes, reasons, RPC method names), never URLs,
+addresses or secrets. Prometheus stores floats, so Decimal money becomes float only
+here, at the export boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from decimal import Decimal
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+_RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_CYCLE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 12, 30, 60)
+_METHOD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+LIQUIDATION_OUTCOMES = ("sent", "included", "reverted", "dry_run")
+SIM_RESULTS = ("profitable", "unprofitable", "reverted", "error")
+
+
+class Metrics:
+    """The keeper's metrics. Stages receive this object and touch only their own series."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.up = Gauge("keeper_up", "1 while the keeper loop runs", registry=r)
+        self.build = Info("keeper_build", "Keeper version", registry=r)
+        self.head_block = Gauge("keeper_head_block", "Latest block seen", registry=r)
+        self.indexed_block = Gauge("keeper_indexed_block", "Last block indexed", registry=r)
+        self.borrowers_tracked = Gauge(
+            "keeper_borrowers_tracked", "Borrowers with debt being watched", registry=r
+        )
+        self.borrowers_liquidatable = Gauge(
+            "keeper_borrowers_liquidatable", "Borrowers with HF < 1 at head", registry=r
+        )
+        self.mirror_drift = Gauge(
+            "keeper_mirror_drift", "Borrowers whose local HF disagreed with chain", registry=r
+        )
+        self.wallet_balance_wei = Gauge(
+            "keeper_wallet_balance_wei", "Native balance of the keeper account", registry=r
+        )
+        self.simulations = Counter(
+            "keeper_simulations", "Fork simulations by result", ["result"], registry=r
+        )
+        self.liquidations = Counter(
+            "keeper_liquidations", "Liquidations by outcome", ["outcome"], registry=r
+        )
+        self.skipped = Counter(
+            "keeper_skipped", "Opportunities not sent, by reason", ["reason"], registry=r
+        )
+        self.profit_usd = Counter("keeper_profit_usd", "Realised net profit in USD", registry=r)
+        self.gas_spent_wei = Counter(
+            "keeper_gas_spent_wei", "Gas paid by sent transactions", registry=r
+        )
+        self.rpc_requests = Counter(
+            "keeper_rpc_requests", "JSON-RPC requests", ["method", "outcome"], registry=r
+        )
+        self.rpc_seconds = Histogram(
+            "keeper_rpc_seconds", "JSON-RPC latency", ["method"], buckets=_RPC_BUCKETS, registry=r
+        )
+        self.cycle_seconds = Histogram(
+            "keeper_cycle_seconds",
+            "One head-to-decision cycle",
+            buckets=_CYCLE_BUCKETS,
+            registry=r,
+        )
+        self.sim_seconds = Histogram(
+            "keeper_sim_seconds", "One fork simulation", buckets=_CYCLE_BUCKETS, registry=r
+        )
+        # Known label values exist at 0 from the start, so rate() and alerts see them.
+        for outcome in LIQUIDATION_OUTCOMES:
+            self.liquidations.labels(outcome=outcome)
+        for result in SIM_RESULTS:
+            self.simulations.labels(result=result)
+
+    def observe_rpc(self, method: str, seconds: float, outcome: str) -> None:
+        """RpcClient observer: `RpcClient(url, on_request=metrics.observe_rpc)`."""
+        method = method if _METHOD.match(method) else "other"  # never a URL or free text
+        self.rpc_requests.labels(method=method, outcome=outcome).inc()
+        self.rpc_seconds.labels(method=method).observe(seconds)
+
+    def add_profit_usd(self, usd: Decimal) -> None:
+        if usd > 0:
+            self.profit_usd.inc(float(usd))
+
+    def add_gas_spent_wei(self, wei: int) -> None:
+        if wei > 0:
+            self.gas_spent_wei.inc(wei)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+async def serve(
+    metrics: Metrics,
+    host: str,
+    port: int,
+    *,
+    healthy: Callable[[], bool] | None = None,
+) -> web.AppRunner:
+    """Serve /metrics and /healthz; returns the runner for `stop(runner)`.
+
+    `port=0` binds a free port (see `bound_port`). `/healthz` is 200 unless `healthy()`
+    returns False (then 503), so an orchestrator can restart a stuck keeper.
+    """
+
+    async def metrics_handler(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def health_handler(_: web.Request) -> web.Response:
+        ok = healthy() if healthy is not None else True
+        return web.Response(text="ok\n" if ok else "unhealthy\n", status=200 if ok else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", health_handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The TCP port the server actually listens on (useful with port=0)."""
+    return int(runner.addresses[0][1])
+
+
+async def stop(runner: web.AppRunner, timeout_s: float = 5.0) -> None:
+    """Shut the metrics server down, giving up after `timeout_s` seconds."""
+    async with asyncio.timeout(timeout_s):
+        await runner.cleanup()

@@ -1,0 +1,204 @@
+"""Aave V3 on chain: discovery from the PoolAddressesProvider, reads, events, calldata.
+
+Everything here is encoding and decoding around batched reads; no decisions.
+Reads are pinned to a block so one cycle sees one consistent state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from eth_utils import to_checksum_address
+
+from keeper.chain.multicall import multicall
+from keeper.chain.rpc import RpcClient
+from keeper.errors import ConfigError, KeeperError
+from keeper.protocol.abi import decode_revert, event, fn
+from keeper.types import AccountHealth, Address, Market, Reserve, ReservePosition
+
+# PoolAddressesProvider
+GET_POOL = fn("PoolAddressesProvider", "getPool")
+GET_PRICE_ORACLE = fn("PoolAddressesProvider", "getPriceOracle")
+GET_DATA_PROVIDER = fn("PoolAddressesProvider", "getPoolDataProvider")
+# Pool
+GET_RESERVES_LIST = fn("Pool", "getReservesList")
+GET_RESERVE_DATA = fn("Pool", "getReserveData")
+GET_USER_ACCOUNT_DATA = fn("Pool", "getUserAccountData")
+GET_USER_CONFIGURATION = fn("Pool", "getUserConfiguration")
+GET_USER_EMODE = fn("Pool", "getUserEMode")
+FLASHLOAN_PREMIUM_TOTAL = fn("Pool", "FLASHLOAN_PREMIUM_TOTAL")
+LIQUIDATION_CALL = fn("Pool", "liquidationCall")
+POOL_REVISION = fn("Pool", "POOL_REVISION")
+# Oracle
+GET_ASSETS_PRICES = fn("AaveOracle", "getAssetsPrices")
+GET_SOURCE_OF_ASSET = fn("AaveOracle", "getSourceOfAsset")
+BASE_CURRENCY_UNIT = fn("AaveOracle", "BASE_CURRENCY_UNIT")
+# ERC20
+BALANCE_OF = fn("ERC20", "balanceOf")
+SYMBOL = fn("ERC20", "symbol")
+DECIMALS = fn("ERC20", "decimals")
+ALLOWANCE = fn("ERC20", "allowance")
+APPROVE = fn("ERC20", "approve")
+
+BORROW = event("Pool", "Borrow")
+REPAY = event("Pool", "Repay")
+LIQUIDATION = event("Pool", "LiquidationCall")
+SUPPLY = event("Pool", "Supply")
+
+UINT256_MAX = 2**256 - 1
+
+
+class MarketReadError(KeeperError):
+    """A read the keeper cannot act without failed; never treated as 'healthy'."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveConfig:
+    """ReserveConfiguration.sol's bitmap, decoded."""
+
+    ltv_bps: int
+    liquidation_threshold_bps: int
+    liquidation_bonus_bps: int
+    decimals: int
+    active: bool
+    frozen: bool
+    borrowing_enabled: bool
+    paused: bool
+    flash_loan_enabled: bool
+    liquidation_protocol_fee_bps: int
+
+    @classmethod
+    def decode(cls, data: int) -> ReserveConfig:
+        def bits(start: int, width: int) -> int:
+            return (data >> start) & ((1 << width) - 1)
+
+        return cls(
+            ltv_bps=bits(0, 16),
+            liquidation_threshold_bps=bits(16, 16),
+            liquidation_bonus_bps=bits(32, 16),
+            decimals=bits(48, 8),
+            active=bool(bits(56, 1)),
+            frozen=bool(bits(57, 1)),
+            borrowing_enabled=bool(bits(58, 1)),
+            paused=bool(bits(60, 1)),
+            flash_loan_enabled=bool(bits(63, 1)),
+            liquidation_protocol_fee_bps=bits(152, 16),
+        )
+
+
+def _ok(result: tuple[bool, bytes], what: str) -> bytes:
+    ok, data = result
+    if not ok:
+        raise MarketReadError(f"{what} failed: {decode_revert(data)}")
+    return data
+
+
+async def discover_market(rpc: RpcClient, provider: Address, block: int | str = "latest") -> Market:
+    """Pool, oracle, data provider and every reserve's parameters, from the provider alone."""
+    provider = to_checksum_address(provider)
+    if not await rpc.get_code(provider, block):
+        raise ConfigError(f"KEEPER_POOL_ADDRESSES_PROVIDER: no contract at {provider} on this chain")
+    try:
+        head = await multicall(rpc, [(provider, GET_POOL.encode()), (provider, GET_PRICE_ORACLE.encode()),
+                                     (provider, GET_DATA_PROVIDER.encode())], block)
+        pool, oracle, data_provider = (
+            to_checksum_address(f.decode_one(_ok(r, f.name)))
+            for f, r in zip((GET_POOL, GET_PRICE_ORACLE, GET_DATA_PROVIDER), head, strict=True)
+        )
+    except (MarketReadError, ValueError) as e:
+        raise ConfigError(
+            f"KEEPER_POOL_ADDRESSES_PROVIDER: {provider} is not an Aave V3 PoolAddressesProvider ({e})"
+        ) from None
+    meta = await multicall(rpc, [(pool, GET_RESERVES_LIST.encode()), (pool, FLASHLOAN_PREMIUM_TOTAL.encode()),
+                                 (oracle, BASE_CURRENCY_UNIT.encode())], block)
+    assets = [to_checksum_address(a) for a in GET_RESERVES_LIST.decode_one(_ok(meta[0], "getReservesList"))]
+    premium = FLASHLOAN_PREMIUM_TOTAL.decode_one(_ok(meta[1], "FLASHLOAN_PREMIUM_TOTAL"))
+    base_unit = BASE_CURRENCY_UNIT.decode_one(_ok(meta[2], "BASE_CURRENCY_UNIT"))
+    reserves = await _read_reserves(rpc, pool, oracle, assets, block)
+    return Market(
+        chain_id=await rpc.chain_id(), provider=provider, pool=pool, oracle=oracle,
+        data_provider=data_provider, reserves=tuple(reserves), base_currency_unit=base_unit,
+        flash_loan_premium_bps=premium,
+    )
+
+
+async def _read_reserves(rpc: RpcClient, pool: Address, oracle: Address, assets: Sequence[Address],
+                         block: int | str) -> list[Reserve]:
+    calls = []
+    for a in assets:
+        calls += [(pool, GET_RESERVE_DATA.encode(a)), (a, SYMBOL.encode()),
+                  (oracle, GET_SOURCE_OF_ASSET.encode(a))]
+    results = await multicall(rpc, calls, block)
+    reserves = []
+    for i, asset in enumerate(assets):
+        data = GET_RESERVE_DATA.decode_one(_ok(results[3 * i], f"getReserveData({asset})"))
+        cfg = ReserveConfig.decode(data[0][0])
+        ok, raw_symbol = results[3 * i + 1]
+        symbol = SYMBOL.decode_one(raw_symbol) if ok else asset[:8]  # some tokens return bytes32
+        ok, raw_source = results[3 * i + 2]
+        source = to_checksum_address(GET_SOURCE_OF_ASSET.decode_one(raw_source)) if ok else None
+        reserves.append(Reserve(
+            asset=asset, symbol=symbol, decimals=cfg.decimals,
+            a_token=to_checksum_address(data[8]), variable_debt_token=to_checksum_address(data[10]),
+            ltv_bps=cfg.ltv_bps, liquidation_threshold_bps=cfg.liquidation_threshold_bps,
+            liquidation_bonus_bps=cfg.liquidation_bonus_bps,
+            liquidation_protocol_fee_bps=cfg.liquidation_protocol_fee_bps,
+            usage_as_collateral_enabled=cfg.liquidation_threshold_bps > 0,
+            borrowing_enabled=cfg.borrowing_enabled, active=cfg.active, frozen=cfg.frozen,
+            paused=cfg.paused, price_source=source,
+        ))
+    return reserves
+
+
+async def read_account_health(rpc: RpcClient, market: Market, users: Sequence[Address], block: int,
+                              *, batch_size: int = 500, gas_per_batch: int = 50_000_000
+                              ) -> list[AccountHealth]:
+    """getUserAccountData for every user at one block. A failed read raises; it is never 'healthy'."""
+    calls = [(market.pool, GET_USER_ACCOUNT_DATA.encode(u)) for u in users]
+    results = await multicall(rpc, calls, block, batch_size=batch_size, gas_per_batch=gas_per_batch)
+    out = []
+    for user, result in zip(users, results, strict=True):
+        c, d, avail, lt, ltv, hf = GET_USER_ACCOUNT_DATA.decode(_ok(result, f"getUserAccountData({user})"))
+        out.append(AccountHealth(user, block, c, d, avail, lt, ltv, hf))
+    return out
+
+
+async def read_prices(rpc: RpcClient, market: Market, block: int) -> dict[Address, int]:
+    assets = [r.asset for r in market.reserves]
+    (result,) = await multicall(rpc, [(market.oracle, GET_ASSETS_PRICES.encode(assets))], block)
+    prices = GET_ASSETS_PRICES.decode_one(_ok(result, "getAssetsPrices"))
+    return dict(zip(assets, prices, strict=True))
+
+
+async def read_reserve_positions(rpc: RpcClient, market: Market, users: Sequence[Address], block: int
+                                 ) -> dict[Address, tuple[tuple[ReservePosition, ...], int]]:
+    """Per-reserve balances and eMode of each user: aToken and debt balances, collateral flags."""
+    calls = []
+    for u in users:
+        calls += [(market.pool, GET_USER_CONFIGURATION.encode(u)), (market.pool, GET_USER_EMODE.encode(u))]
+        for r in market.reserves:
+            calls += [(r.a_token, BALANCE_OF.encode(u)), (r.variable_debt_token, BALANCE_OF.encode(u))]
+    results = await multicall(rpc, calls, block)
+    per_user = 2 + 2 * len(market.reserves)
+    out = {}
+    for i, u in enumerate(users):
+        chunk = results[i * per_user : (i + 1) * per_user]
+        config = GET_USER_CONFIGURATION.decode_one(_ok(chunk[0], "getUserConfiguration"))[0]
+        emode = GET_USER_EMODE.decode_one(_ok(chunk[1], "getUserEMode"))
+        positions = []
+        for j, r in enumerate(market.reserves):
+            coll = BALANCE_OF.decode_one(_ok(chunk[2 + 2 * j], f"aToken.balanceOf({u})"))
+            debt = BALANCE_OF.decode_one(_ok(chunk[3 + 2 * j], f"debtToken.balanceOf({u})"))
+            # UserConfiguration: bit 2*id is "borrowing", bit 2*id+1 is "using as collateral";
+            # reserve ids follow getReservesList order.
+            enabled = bool((config >> (2 * j + 1)) & 1)
+            if coll or debt:
+                positions.append(ReservePosition(r.asset, coll, debt, enabled))
+        out[u] = (tuple(positions), emode)
+    return out
+
+
+def encode_liquidation_call(collateral: Address, debt: Address, user: Address, debt_to_cover: int,
+                            receive_a_token: bool = False) -> bytes:
+    return LIQUIDATION_CALL.encode(collateral, debt, user, debt_to_cover, receive_a_token)
