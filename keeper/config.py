@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     execution: Literal["inventory", "flashloan"] = "inventory"
     executor_address: str | None = None
     min_profit_usd: Decimal = Field(Decimal(1), ge=0)
+    # the reserve whose oracle price prices gas; default: the market's WETH/WMATIC/... reserve
+    native_asset: str | None = None
     max_fee_gwei: Decimal = Field(Decimal(500), gt=0)
 
     # RPC tuning
@@ -71,6 +73,7 @@ class Settings(BaseSettings):
     # geth's default eth_call gas cap; 500 getUserAccountData ~ 23M fits with headroom.
     multicall_gas: int = Field(50_000_000, ge=1_000_000)
     getlogs_max_range: int = Field(10_000, ge=1)
+    poll_interval_s: float = Field(1.0, gt=0, description="head polling period without a websocket")
 
     # local tooling and ops
     anvil_path: Path = DEFAULT_ANVIL
@@ -94,7 +97,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a ws:// or wss:// URL")
         return v.strip() if v else None
 
-    @field_validator("pool_addresses_provider", "executor_address")
+    @field_validator("pool_addresses_provider", "executor_address", "native_asset")
     @classmethod
     def _checksum(cls, v: str | None) -> str | None:
         return _address(v)

@@ -1,0 +1,195 @@
+"""One keeper cycle at one block: health → opportunity → simulation → execution.
+
+This is where a liquidation is decided. Every stage hands plain values to the
+next; the cycle only sequences them, counts and logs. How a transaction is
+signed and sent lives in keeper/exec/sender.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from keeper.chain.rpc import RpcClient
+from keeper.config import Settings
+from keeper.errors import SimulationError
+from keeper.exec.fees import Fees, suggest_fees
+from keeper.exec.plan import LiquidationTx, inventory_tx
+from keeper.exec.sender import Sender
+from keeper.log import get_logger
+from keeper.metrics import Metrics
+from keeper.protocol.aave_v3 import read_account_health, read_prices, read_reserve_positions
+from keeper.sim.fork import ForkSimulator
+from keeper.strategy.opportunity import best_opportunity
+from keeper.strategy.profit import Costs, value_base_floor
+from keeper.types import AccountHealth, Address, Market, Opportunity, Position, SimResult
+
+log = get_logger(__name__)
+
+NATIVE_WRAPPERS = ("WETH", "WMATIC", "WPOL", "WAVAX", "WBNB", "WXDAI", "WFTM", "WS", "WMNT")
+
+
+@dataclass
+class CycleReport:
+    block: int
+    borrowers: int = 0
+    liquidatable: int = 0
+    simulated: int = 0
+    sent: list[str] = field(default_factory=list)  # tx hashes
+    dry_run: list[SimResult] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    profit_base: int = 0
+    gas_spent_wei: int = 0
+    opportunities: list[tuple[Opportunity, SimResult]] = field(default_factory=list)
+    included_through: int = 0  # newest block holding one of this cycle's transactions
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def native_asset(market: Market, override: str | None = None) -> Address | None:
+    """The reserve whose oracle price prices gas (the wrapped native coin)."""
+    if override:
+        return override
+    for r in market.reserves:
+        if r.symbol.upper() in NATIVE_WRAPPERS:
+            return r.asset
+    return None
+
+
+class Pipeline:
+    def __init__(self, *, rpc: RpcClient, market: Market, settings: Settings, metrics: Metrics,
+                 simulator: ForkSimulator, keeper: Address, sender: Sender | None,
+                 gas_units_estimate: int = 450_000) -> None:
+        self.rpc = rpc
+        self.market = market
+        self.settings = settings
+        self.metrics = metrics
+        self.sim = simulator
+        self.keeper = keeper
+        self.sender = sender  # None: dry run, nothing is ever broadcast
+        self.gas_units = gas_units_estimate
+        self.native = native_asset(market, settings.native_asset)
+        self.min_profit_base = int(settings.min_profit_usd * market.base_currency_unit)
+
+    @property
+    def dry_run(self) -> bool:
+        return self.sender is None
+
+    async def run(self, block: int, borrowers: Sequence[Address]) -> CycleReport:
+        report = CycleReport(block=block, borrowers=len(borrowers))
+        healths = await read_account_health(self.rpc, self.market, borrowers, block,
+                                            batch_size=self.settings.multicall_batch_size,
+                                            gas_per_batch=self.settings.multicall_gas)
+        liquidatable = sorted((h for h in healths if h.liquidatable), key=lambda h: -h.total_debt_base)
+        report.liquidatable = len(liquidatable)
+        self.metrics.borrowers_tracked.set(sum(1 for h in healths if h.total_debt_base > 0))
+        self.metrics.borrowers_liquidatable.set(len(liquidatable))
+        if not liquidatable:
+            return report
+        positions = await self._positions(liquidatable, block)
+        fees = await suggest_fees(self.rpc, max_fee_gwei=self.settings.max_fee_gwei)
+        await self.sim.at_block(block)
+        for position in positions:
+            await self._handle(position, fees, report)
+        return report
+
+    async def _positions(self, healths: list[AccountHealth], block: int) -> list[Position]:
+        users = [h.user for h in healths]
+        reserves = await read_reserve_positions(self.rpc, self.market, users, block)
+        prices = await read_prices(self.rpc, self.market, block)
+        return [Position(h.user, block, h, reserves[h.user][0], prices) for h in healths]
+
+    def _costs(self, position: Position, fees: Fees) -> Costs:
+        native_price = position.prices_base.get(self.native, 0) if self.native else 0
+        return Costs(gas_units=self.gas_units, gas_price_wei=fees.expected_price,
+                     native_price_base=native_price)
+
+    async def _handle(self, position: Position, fees: Fees, report: CycleReport) -> None:
+        costs = self._costs(position, fees)
+        opp = best_opportunity(position, self.market.reserves, costs, min_net_profit_base=-(2**255))
+        if opp is None:
+            return self._skip(report, "no_liquidatable_pair", position.user)
+        if opp.net_profit_base < self.min_profit_base:
+            return self._skip(report, "unprofitable", position.user, predicted_base=opp.net_profit_base)
+        plan = inventory_tx(opp, self.market, self.keeper)
+        try:
+            result = await self._simulate(opp, plan, position, costs)
+        except SimulationError as e:
+            log.warning("sim.failed", borrower=position.user, error=str(e))
+            self.metrics.simulations.labels(result="error").inc()
+            return self._skip(report, "sim_error", position.user)
+        report.simulated += 1
+        report.opportunities.append((opp, result))
+        if not result.success:
+            self.metrics.simulations.labels(result="reverted").inc()
+            return self._skip(report, "sim_reverted", position.user, reason=result.revert_reason)
+        if result.profit_base < self.min_profit_base:
+            self.metrics.simulations.labels(result="unprofitable").inc()
+            return self._skip(report, "sim_unprofitable", position.user, simulated_base=result.profit_base)
+        self.metrics.simulations.labels(result="profitable").inc()
+        await self._execute(opp, plan, result, fees, costs.native_price_base, report)
+
+    def _skip(self, report: CycleReport, reason: str, user: Address, **kv: object) -> None:
+        report.skip(reason)
+        self.metrics.skipped.labels(reason=reason).inc()
+        log.info("strategy.skip", borrower=user, reason=reason, **kv)
+
+    async def _simulate(self, opp: Opportunity, plan: LiquidationTx, position: Position,
+                        costs: Costs) -> SimResult:
+        t0 = time.monotonic()
+        run = await self.sim.run(plan.tx, plan.watch, setup=plan.approvals)
+        self.metrics.sim_seconds.observe(time.monotonic() - t0)
+        value = sum(
+            _signed_value(delta, position.prices_base[token], self.market.reserve(token).decimals)
+            for token, delta in run.token_deltas.items()
+        )
+        gas_cost_wei = run.gas_used * costs.gas_price_wei  # priced at what we will bid, not the fork's
+        gas_base = gas_cost_wei * costs.native_price_base // 10**18
+        result = SimResult(opportunity=opp, success=run.success, gas_used=run.gas_used,
+                           gas_cost_wei=gas_cost_wei, balance_deltas=run.token_deltas,
+                           profit_base=value - gas_base, revert_reason=run.revert_reason)
+        log.info("sim.done", borrower=opp.user, success=run.success, gas=run.gas_used,
+                 predicted_base=opp.net_profit_base, simulated_base=result.profit_base,
+                 seconds=round(run.seconds, 4), reason=run.revert_reason)
+        return result
+
+    async def _execute(self, opp: Opportunity, plan: LiquidationTx, sim: SimResult, fees: Fees,
+                       native_price_base: int, report: CycleReport) -> None:
+        usd = Decimal(sim.profit_base) / self.market.base_currency_unit
+        if self.sender is None:
+            report.dry_run.append(sim)
+            self.metrics.liquidations.labels(outcome="dry_run").inc()
+            log.info("exec.dry_run", borrower=opp.user, collateral=opp.collateral_asset,
+                     debt=opp.debt_asset, debt_to_cover=opp.debt_to_cover, profit_usd=str(usd))
+            return
+        gas_limit = sim.gas_used * 13 // 10 + 20_000
+        result = await self.sender.send(plan.tx.to, plan.tx.data, gas=gas_limit, fees=fees)
+        self.metrics.liquidations.labels(outcome="sent").inc()
+        report.sent.append(result.tx_hash)
+        report.gas_spent_wei += result.gas_cost_wei
+        self.metrics.gas_spent_wei.inc(result.gas_cost_wei)
+        if not result.included:
+            return
+        report.included_through = max(report.included_through, result.block or 0)
+        if not result.success:
+            self.metrics.liquidations.labels(outcome="reverted").inc()
+            log.warning("exec.reverted", borrower=opp.user, tx=result.tx_hash)
+            return
+        self.metrics.liquidations.labels(outcome="included").inc()
+        # Realised: the simulated balance change, with the gas actually paid.
+        realised = sim.profit_base + (sim.gas_cost_wei - result.gas_cost_wei) * native_price_base // 10**18
+        report.profit_base += realised
+        realised_usd = Decimal(realised) / self.market.base_currency_unit
+        self.metrics.profit_usd.inc(float(realised_usd))
+        log.info("exec.included", borrower=opp.user, tx=result.tx_hash, block=result.block,
+                 gas=result.gas_used, profit_usd=str(realised_usd))
+
+
+def _signed_value(delta: int, price_base: int, decimals: int) -> int:
+    """Base value of a balance change; losses rounded up, gains down (never flattering)."""
+    if delta >= 0:
+        return value_base_floor(delta, price_base, decimals)
+    return -(-delta * price_base + 10**decimals - 1) // 10**decimals

@@ -1,0 +1,184 @@
+"""Run a liquidation on an Anvil fork of the chain before anything is signed for real.
+
+One Anvil `--fork-url` process lives as long as the daemon; each cycle re-points
+it at the block the keeper read (`anvil_reset`), and each candidate runs between
+`evm_snapshot`/`evm_revert` (under a millisecond). The keeper trusts what the
+fork's balances say, not its own arithmetic: profit is the change in the
+keeper's token and native balances, valued at the block's oracle prices.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from keeper.chain.multicall import multicall
+from keeper.chain.rpc import RpcClient
+from keeper.devnet.anvil import Anvil, AnvilOptions
+from keeper.errors import ExecutionReverted, RpcError, SimulationError
+from keeper.log import get_logger
+from keeper.protocol.aave_v3 import ALLOWANCE, APPROVE, BALANCE_OF, UINT256_MAX
+from keeper.protocol.abi import decode_revert
+from keeper.types import Address
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TxRequest:
+    """The transaction as it will be signed: same sender, target, data, value and gas."""
+
+    sender: Address
+    to: Address
+    data: bytes
+    value: int = 0
+    gas: int | None = None  # None: estimate on the fork
+
+    def as_rpc(self, gas: int) -> dict[str, Any]:
+        return {"from": self.sender, "to": self.to, "data": "0x" + self.data.hex(),
+                "value": hex(self.value), "gas": hex(gas)}
+
+
+@dataclass(frozen=True, slots=True)
+class ForkRun:
+    success: bool
+    gas_used: int
+    gas_limit: int
+    gas_cost_wei: int
+    token_deltas: dict[Address, int]  # token -> signed change of the sender's balance
+    native_delta_wei: int  # includes the gas paid
+    revert_reason: str | None
+    seconds: float
+
+
+class ForkSimulator:
+    """Owns the fork process. `async with ForkSimulator(url, anvil_path) as sim:`."""
+
+    def __init__(self, upstream_url: str, anvil_path: Path, *, timeout_s: float = 30.0,
+                 gas_headroom_pct: int = 25) -> None:
+        self._upstream = upstream_url
+        self._anvil_path = anvil_path
+        self._timeout_s = timeout_s
+        self._headroom = gas_headroom_pct
+        self._anvil: Anvil | None = None
+        self._rpc: RpcClient | None = None
+        self._block: int | None = None
+        self._clean_snapshot: str | None = None
+
+    async def __aenter__(self) -> ForkSimulator:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._rpc is not None:
+            await self._rpc.close()
+            self._rpc = None
+        if self._anvil is not None:
+            await self._anvil.stop()
+            self._anvil = None
+
+    async def at_block(self, block: int) -> None:
+        """Point the fork at `block` (a new process the first time, `anvil_reset` after)."""
+        if self._anvil is None:
+            self._anvil = Anvil(AnvilOptions(fork_url=self._upstream, fork_block=block),
+                                binary=self._anvil_path)
+            await self._anvil.start(timeout_s=self._timeout_s)
+            self._rpc = RpcClient(self._anvil.url, timeout_s=self._timeout_s, max_retries=1)
+            await self._rpc.start()
+        elif self._block != block:
+            await self.rpc.call("anvil_reset", [{"forking": {"jsonRpcUrl": self._upstream,
+                                                            "blockNumber": block}}])
+        self._block = block
+        self._clean_snapshot = await self.rpc.call("evm_snapshot", [])
+
+    @property
+    def rpc(self) -> RpcClient:
+        if self._rpc is None:
+            raise SimulationError("the fork is not started; call at_block() first")
+        return self._rpc
+
+    async def _rewind(self) -> None:
+        """Back to the block as read; a snapshot is consumed by revert, so take a new one."""
+        if self._clean_snapshot is not None:
+            await self.rpc.call("evm_revert", [self._clean_snapshot])
+        self._clean_snapshot = await self.rpc.call("evm_snapshot", [])
+
+    async def ensure_allowance(self, owner: Address, token: Address, spender: Address, amount: int) -> None:
+        """Inventory mode needs the pool approved; on the fork an approval is impersonated."""
+        raw = await self.rpc.eth_call(token, ALLOWANCE.encode(owner, spender), "latest")
+        if ALLOWANCE.decode_one(raw) >= amount:
+            return
+        await self._impersonated(owner, token, APPROVE.encode(spender, UINT256_MAX), gas=100_000)
+
+    async def run(self, tx: TxRequest, watch: Sequence[Address], *, setup: Sequence[tuple[Address, Address,
+                  Address, int]] = ()) -> ForkRun:
+        """Execute `tx` on the fork from `tx.sender` (impersonated) and measure its effects.
+
+        `setup` is a list of (owner, token, spender, amount) approvals to make first
+        (they stand for approvals the keeper makes once, before its first liquidation).
+        """
+        t0 = time.monotonic()
+        await self._rewind()
+        try:
+            for owner, token, spender, amount in setup:
+                await self.ensure_allowance(owner, token, spender, amount)
+            before = await self._balances(tx.sender, watch)
+            gas = tx.gas or await self._estimate(tx)
+            if isinstance(gas, str):  # estimate reverted: the reason is the answer
+                return ForkRun(False, 0, 0, 0, {}, 0, gas, time.monotonic() - t0)
+            receipt = await self._impersonated(tx.sender, tx.to, tx.data, gas=gas, value=tx.value,
+                                               require_success=False)
+            after = await self._balances(tx.sender, watch)
+        except RpcError as e:
+            raise SimulationError(f"fork simulation failed: {e}") from e
+        success = int(receipt["status"], 16) == 1
+        gas_used = int(receipt["gasUsed"], 16)
+        price = int(receipt.get("effectiveGasPrice", "0x0"), 16)
+        deltas = {t: after[t] - before[t] for t in watch if after[t] != before[t]}
+        reason = None if success else await self._revert_reason(tx, gas)
+        return ForkRun(success, gas_used, gas, gas_used * price, deltas,
+                       after["native"] - before["native"], reason, time.monotonic() - t0)
+
+    async def _estimate(self, tx: TxRequest) -> int | str:
+        try:
+            est = int(await self.rpc.call("eth_estimateGas", [tx.as_rpc(30_000_000)]), 16)
+        except ExecutionReverted as e:
+            return decode_revert(e.data)
+        return est * (100 + self._headroom) // 100
+
+    async def _revert_reason(self, tx: TxRequest, gas: int) -> str:
+        await self._rewind()
+        try:
+            await self.rpc.call("eth_call", [tx.as_rpc(gas), "latest"])
+        except ExecutionReverted as e:
+            return decode_revert(e.data)
+        return "reverted in the block but not in eth_call (out of gas?)"
+
+    async def _balances(self, holder: Address, tokens: Sequence[Address]) -> dict[str, int]:
+        calls = [(t, BALANCE_OF.encode(holder)) for t in tokens]
+        results = await multicall(self.rpc, calls, "latest") if calls else []
+        out: dict[str, int] = {}
+        for token, (ok, data) in zip(tokens, results, strict=True):
+            if not ok:
+                raise SimulationError(f"balanceOf on {token} failed on the fork")
+            out[token] = BALANCE_OF.decode_one(data)
+        out["native"] = await self.rpc.get_balance(holder, "latest")
+        return out
+
+    async def _impersonated(self, sender: Address, to: Address, data: bytes, *, gas: int, value: int = 0,
+                            require_success: bool = True) -> dict:
+        await self.rpc.call("anvil_impersonateAccount", [sender])
+        try:
+            tx = {"from": sender, "to": to, "data": "0x" + data.hex(), "gas": hex(gas), "value": hex(value)}
+            tx_hash = await self.rpc.call("eth_sendTransaction", [tx])
+            receipt = await self.rpc.wait_for_receipt(tx_hash, timeout=self._timeout_s, poll_interval=0.005)
+        finally:
+            await self.rpc.call("anvil_stopImpersonatingAccount", [sender])
+        if require_success and int(receipt["status"], 16) != 1:
+            raise SimulationError(f"fork set-up transaction to {to} reverted")
+        return receipt
