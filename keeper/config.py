@@ -45,6 +45,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         case_sensitive=False,
         extra="ignore",
+        env_ignore_empty=True,  # `KEEPER_CHAIN_ID=` in .env means "unset", not an error
         hide_input_in_errors=True,  # a bad private key must never be echoed
         validate_default=True,
     )

@@ -44,6 +44,9 @@ class CycleReport:
     gas_spent_wei: int = 0
     opportunities: list[tuple[Opportunity, SimResult]] = field(default_factory=list)
     included_through: int = 0  # newest block holding one of this cycle's transactions
+    included: int = 0
+    reverted: int = 0
+    gas_used: int = 0
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -174,10 +177,13 @@ class Pipeline:
         if not result.included:
             return
         report.included_through = max(report.included_through, result.block or 0)
+        report.gas_used += result.gas_used
         if not result.success:
+            report.reverted += 1
             self.metrics.liquidations.labels(outcome="reverted").inc()
             log.warning("exec.reverted", borrower=opp.user, tx=result.tx_hash)
             return
+        report.included += 1
         self.metrics.liquidations.labels(outcome="included").inc()
         # Realised: the simulated balance change, with the gas actually paid.
         realised = sim.profit_base + (sim.gas_cost_wei - result.gas_cost_wei) * native_price_base // 10**18

@@ -12,6 +12,8 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +79,7 @@ class Anvil:
         self.log_path = log_path
         self.port = self.options.port or free_port()
         self.proc: asyncio.subprocess.Process | None = None
+        self._popen: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
@@ -84,29 +87,44 @@ class Anvil:
 
     @property
     def pid(self) -> int | None:
+        if self._popen is not None:
+            return self._popen.pid
         return self.proc.pid if self.proc else None
 
     async def start(self, *, timeout_s: float = 15.0) -> Anvil:
         if not self.binary.exists():
             raise AnvilError(f"anvil not found at {self.binary}: run `make setup` or set KEEPER_ANVIL_PATH")
-        out = open(self.log_path, "ab") if self.log_path else asyncio.subprocess.DEVNULL
+        argv = self.options.argv(self.binary, self.port)
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.options.argv(self.binary, self.port),
-                stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=self.detach,
-            )
+            if self.detach:
+                # asyncio kills its child processes when the loop closes; a devnet that must
+                # outlive this command is a plain Popen in its own session.
+                self._popen = subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                                               start_new_session=True)
+            else:
+                self.proc = await asyncio.create_subprocess_exec(
+                    *argv, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL)
         finally:
             if self.log_path:
                 out.close()
         try:
-            await wait_ready(self.url, timeout_s, self.proc)
+            await wait_ready(self.url, timeout_s, self._exit_code)
         except BaseException:
             await self.stop()
             raise
         return self
 
+    def _exit_code(self) -> int | None:
+        if self._popen is not None:
+            return self._popen.poll()
+        return self.proc.returncode if self.proc is not None else None
+
     async def stop(self, *, timeout_s: float = 5.0) -> None:
+        if self._popen is not None:
+            popen, self._popen = self._popen, None
+            await _stop_popen(popen, timeout_s)
+            return
         proc, self.proc = self.proc, None
         if proc is None or proc.returncode is not None:
             return
@@ -126,15 +144,15 @@ class Anvil:
         await self.stop()
 
 
-async def wait_ready(url: str, timeout_s: float, proc: asyncio.subprocess.Process | None = None) -> None:
+async def wait_ready(url: str, timeout_s: float, exit_code: Callable[[], int | None] = lambda: None) -> None:
     """Poll eth_chainId until Anvil answers; fail fast if the process died."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
     delay = 0.02
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http:
         while True:
-            if proc is not None and proc.returncode is not None:
-                raise AnvilError(f"anvil exited with code {proc.returncode} before it was ready")
+            if (code := exit_code()) is not None:
+                raise AnvilError(f"anvil exited with code {code} before it was ready")
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with http.post(url, json=body) as resp:
                     if resp.status == 200:
@@ -145,12 +163,14 @@ async def wait_ready(url: str, timeout_s: float, proc: asyncio.subprocess.Proces
             delay = min(delay * 2, 0.25)
 
 
-def kill_pid(pid: int) -> bool:
-    """Stop a detached Anvil by pid (keeper devnet down). True when it was running."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        os.kill(pid, signal.SIGTERM)
-    return True
+async def _stop_popen(popen: subprocess.Popen, timeout_s: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        popen.send_signal(signal.SIGTERM)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while popen.poll() is None:
+        if asyncio.get_running_loop().time() > deadline:
+            popen.kill()
+            break
+        await asyncio.sleep(0.02)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        popen.wait(timeout=1)

@@ -25,6 +25,7 @@ log = get_logger(__name__)
 
 UINT256_MAX = 2**256 - 1
 SPECS = {s.symbol: s for s in ASSETS}
+# Seeding bids no tip, so fee history (and keepers' tip estimates) stays like a quiet chain's.
 GAS_PRICE = 50 * 10**9
 
 
@@ -119,7 +120,8 @@ def _split_amounts(rng: random.Random, symbols: Sequence[str], total_e8: int,
 
 def _tx(sender: str, to: str, data: bytes, nonce: int, gas: int, value: int = 0) -> dict:
     return {"from": sender, "to": to, "data": "0x" + data.hex(), "nonce": hex(nonce),
-            "gas": hex(gas), "gasPrice": hex(GAS_PRICE), "value": hex(value)}
+            "gas": hex(gas), "maxFeePerGas": hex(GAS_PRICE), "maxPriorityFeePerGas": "0x0",
+            "value": hex(value)}
 
 
 class Seeder:
@@ -163,7 +165,7 @@ class Seeder:
                     data = SEL_MINT + encode(["address", "uint256"], [plan.address, amount])
                     txs.append(_tx(d.deployer, d.assets[sym], data, nonce, 100_000))
                     nonce += 1
-        for spec in ASSETS:
+        for spec in ASSETS if liquidity_usd else ():
             amount = liquidity_usd * 10**8 * 10**spec.decimals // spec.price_e8
             token = d.assets[spec.symbol]
             if spec.symbol == "WETH":
@@ -233,7 +235,11 @@ async def set_price(rpc: RpcClient, deployment: Deployment, symbol: str, price_e
     data = SEL_SET_ANSWER + encode(["int256"], [price_e8])
     tx = {"from": sender or deployment.deployer, "to": deployment.feeds[symbol],
           "data": "0x" + data.hex(), "gas": hex(200_000)}
-    return await rpc.call("eth_sendTransaction", [tx])
+    tx_hash = await rpc.call("eth_sendTransaction", [tx])
+    receipt = await rpc.wait_for_receipt(tx_hash, timeout=60, poll_interval=0.02)
+    if int(receipt["status"], 16) != 1:
+        raise SeedError(f"setAnswer on the {symbol} feed reverted")
+    return tx_hash
 
 
 async def get_price(rpc: RpcClient, deployment: Deployment, symbol: str) -> int:
@@ -254,3 +260,18 @@ async def shock(rpc: RpcClient, deployment: Deployment, symbol: str, pct: float 
         raise KeeperError(f"a {pct}% shock would make the {symbol} price non-positive")
     await set_price(rpc, deployment, symbol, new)
     return old, new
+
+
+def plan_position(index: int, collateral_usd: dict[str, int], debt_usd: dict[str, int], *,
+                  salt: int = 1) -> BorrowerPlan:
+    """A hand-built position, in dollars at the quoted prices (tests and scenarios)."""
+    prices = quoted_prices()
+
+    def units(sym: str, usd: int) -> int:
+        return usd * 10**8 * 10 ** SPECS[sym].decimals // prices[sym]
+
+    collateral = {s: units(s, v) for s, v in collateral_usd.items()}
+    debt = {s: units(s, v) for s, v in debt_usd.items()}
+    weighted = sum(v * SPECS[s].liquidation_threshold_bps for s, v in collateral_usd.items())
+    return BorrowerPlan(borrower_address(index, salt), collateral, debt,
+                        weighted // max(1, sum(debt_usd.values())))

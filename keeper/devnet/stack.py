@@ -49,7 +49,7 @@ class Devnet:
         await self.anvil.stop()
 
 
-async def launch(*, borrowers: int = 200, seed: int = 7, port: int = 0, block_time: float | None = None,
+async def launch(*, borrowers: int = 200, seed: int = 7, port: int = 0, block_time: int | None = None,
                  detach: bool = False, log_path: Path | None = None, fund_keeper_usd: int = 5_000_000,
                  anvil_binary: Path | None = None) -> Devnet:
     """Start Anvil, deploy the market, seed borrowers and fund the keeper's inventory.
@@ -71,10 +71,10 @@ async def launch(*, borrowers: int = 200, seed: int = 7, port: int = 0, block_ti
         plans = plan_borrowers(borrowers, seed=seed)
         t0 = time.monotonic()
         await Seeder(rpc, deployment).seed(plans)
-        timings["seed_s"] = time.monotonic() - t0
+        timings["seeding_s"] = time.monotonic() - t0
         await fund_inventory(rpc, deployment, KEEPER_ADDRESS, fund_keeper_usd)
         if block_time is not None:
-            await rpc.call("evm_setIntervalMining", [block_time])
+            await rpc.call("evm_setIntervalMining", [int(block_time)])
         log.info("devnet.ready", url=anvil.url, borrowers=len(plans), **{k: round(v, 2) for k, v in timings.items()})
         return Devnet(anvil, deployment, plans, rpc, timings)
     except BaseException:

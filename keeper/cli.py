@@ -1,0 +1,115 @@
+"""Command line: run, scan, demo, devnet (up/down/shock), executor.
+
+Every command builds Settings once (env, .env, flags) and hands them down.
+Errors the operator can fix print one line and exit 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from keeper.config import Settings, load_settings
+from keeper.errors import KeeperError
+from keeper.log import configure_logging
+
+EXIT_CONFIG = 2
+
+
+def _settings_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("settings (override KEEPER_* env vars and .env)")
+    g.add_argument("--rpc-url", dest="rpc_url")
+    g.add_argument("--pool-addresses-provider", dest="pool_addresses_provider")
+    g.add_argument("--start-block", dest="start_block", type=int)
+    g.add_argument("--metrics-port", dest="metrics_port", type=int)
+    g.add_argument("--min-profit-usd", dest="min_profit_usd", type=Decimal)
+    g.add_argument("--execution", dest="execution", choices=("inventory", "flashloan"))
+    g.add_argument("--executor-address", dest="executor_address")
+    g.add_argument("--log-format", dest="log_format", choices=("auto", "json", "console"))
+    g.add_argument("--log-level", dest="log_level")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keeper", description="Aave V3 liquidation keeper")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="the daemon: index, health, simulate, liquidate on every block")
+    run.add_argument("--dry-run", dest="dry_run", action="store_const", const=True,
+                     help="simulate everything on the fork, never broadcast")
+    _settings_flags(run)
+
+    scan = sub.add_parser("scan", help="one pass: borrowers at risk and the price move that liquidates them")
+    scan.add_argument("--limit", type=int, default=30)
+    scan.add_argument("--hf-below", type=Decimal, default=Decimal("1.2"))
+    _settings_flags(scan)
+
+    demo = sub.add_parser("demo", help="devnet up, seed, shock, run the keeper until all are liquidated")
+    demo.add_argument("--borrowers", type=int, default=200)
+    demo.add_argument("--shock", nargs=2, metavar=("ASSET", "PCT"), default=("WETH", "-15"))
+    demo.add_argument("--dry-run", action="store_true")
+    demo.add_argument("--execution", choices=("inventory", "flashloan"), default="inventory")
+    demo.add_argument("--timeout", type=float, default=600.0, help="seconds before the demo gives up")
+
+    devnet = sub.add_parser("devnet", help="the local stand-in for mainnet (Anvil + Aave V3.6)")
+    dsub = devnet.add_subparsers(dest="devnet_command", required=True)
+    up = dsub.add_parser("up", help="start Anvil in the background, deploy, seed; print KEEPER_ settings")
+    up.add_argument("--port", type=int, default=8545)
+    up.add_argument("--borrowers", type=int, default=200)
+    up.add_argument("--seed", type=int, default=7)
+    up.add_argument("--block-time", type=int, default=None, help="interval mining, whole seconds per block")
+    down = dsub.add_parser("down", help="stop the devnet on --port")
+    down.add_argument("--port", type=int, default=8545)
+    shock = dsub.add_parser("shock", help="move an asset's price by PCT percent, e.g. WETH -12.5")
+    shock.add_argument("asset")
+    shock.add_argument("pct", type=Decimal)
+    shock.add_argument("--port", type=int, default=8545)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("rpc_url", "pool_addresses_provider", "start_block", "metrics_port", "min_profit_usd",
+            "execution", "executor_address", "log_format", "log_level", "dry_run")
+    return {k: getattr(args, k, None) for k in keys}
+
+
+async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from keeper import commands
+
+    if args.command == "run":
+        return await commands.run(settings)
+    if args.command == "scan":
+        return await commands.scan(settings, limit=args.limit, hf_below=args.hf_below)
+    if args.command == "demo":
+        return await commands.demo(settings, borrowers=args.borrowers, shock=args.shock,
+                                   dry_run=args.dry_run, execution=args.execution, timeout_s=args.timeout)
+    if args.command == "devnet":
+        if args.devnet_command == "up":
+            return await commands.devnet_up(settings, port=args.port, borrowers=args.borrowers,
+                                            seed=args.seed, block_time=args.block_time)
+        if args.devnet_command == "down":
+            return await commands.devnet_down(port=args.port)
+        if args.devnet_command == "shock":
+            return await commands.devnet_shock(port=args.port, asset=args.asset, pct=args.pct)
+    raise AssertionError(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(**_overrides(args))
+    except KeeperError as e:
+        print(f"keeper: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    secret = settings.private_key.get_secret_value() if settings.private_key else None
+    configure_logging(settings.log_level, settings.log_format, secrets=[secret] if secret else ())
+    try:
+        return asyncio.run(_dispatch(args, settings))
+    except KeeperError as e:
+        print(f"keeper: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130

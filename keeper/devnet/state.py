@@ -1,0 +1,37 @@
+"""What `keeper devnet up` leaves behind for `down`, `shock` and the operator: one JSON file per port."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from keeper.devnet.aave import Deployment
+
+STATE_DIR = Path(__file__).resolve().parents[2] / ".devnet"
+
+
+def state_path(port: int) -> Path:
+    return STATE_DIR / f"{port}.json"
+
+
+def save(port: int, pid: int, deployment: Deployment, borrowers: int) -> Path:
+    STATE_DIR.mkdir(exist_ok=True)
+    path = state_path(port)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": pid, "port": port, "borrowers": borrowers,
+                               "deployment": deployment.to_json()}, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def load(port: int) -> dict | None:
+    path = state_path(port)
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    data["deployment"] = Deployment.from_json(data["deployment"])
+    return data
+
+
+def remove(port: int) -> None:
+    state_path(port).unlink(missing_ok=True)

@@ -1,0 +1,55 @@
+"""Shared chain fixtures: the devnet is a resource, started once per session and always stopped.
+
+`devnet`: Aave V3.6 on Anvil with 200 seeded borrowers (the issue's default).
+`bare_devnet`: the same market with liquidity and no borrowers, for hand-built positions.
+`chain` / `bare_chain`: the devnet wrapped in evm_snapshot/evm_revert, so every test starts
+from the same state whatever the previous one did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from keeper.devnet.stack import Devnet, launch
+
+
+@pytest.fixture(scope="session")
+async def devnet() -> AsyncIterator[Devnet]:
+    dn = await launch(borrowers=200)
+    try:
+        yield dn
+    finally:
+        await dn.close()
+
+
+@pytest.fixture(scope="session")
+async def bare_devnet() -> AsyncIterator[Devnet]:
+    dn = await launch(borrowers=0)
+    try:
+        yield dn
+    finally:
+        await dn.close()
+
+
+async def _isolated(dn: Devnet) -> AsyncIterator[Devnet]:
+    snapshot = await dn.rpc.call("evm_snapshot", [])
+    try:
+        yield dn
+    finally:
+        assert await dn.rpc.call("evm_revert", [snapshot]), "evm_revert failed: later tests would see this one"
+        # Anvil keeps its next-block base fee across a revert; put back the devnet's 1 gwei.
+        await dn.rpc.call("anvil_setNextBlockBaseFeePerGas", [hex(10**9)])
+
+
+@pytest.fixture
+async def chain(devnet: Devnet) -> AsyncIterator[Devnet]:
+    async for dn in _isolated(devnet):
+        yield dn
+
+
+@pytest.fixture
+async def bare_chain(bare_devnet: Devnet) -> AsyncIterator[Devnet]:
+    async for dn in _isolated(bare_devnet):
+        yield dn
