@@ -111,7 +111,8 @@ class App:
         try:
             market = await discover_market(rpc, s.pool_addresses_provider)
             signer = self._signer(chain_id)
-            sender = None if s.dry_run else Sender(rpc, signer, max_fee_gwei=s.max_fee_gwei)
+            sender = None if s.dry_run else Sender(rpc, signer, max_fee_gwei=s.max_fee_gwei,
+                                                   poll_interval_s=min(0.5, s.poll_interval_s))
             if sender is not None and s.execution == "inventory":
                 await approve_inventory(rpc, market, sender)
             log.info("app.start", chain_id=chain_id, pool=market.pool, reserves=len(market.reserves),

@@ -65,7 +65,7 @@ async def demo(settings: Settings, *, borrowers: int, shock: tuple[str, str], dr
     out.print(f"[bold]demo[/]: starting a devnet with {borrowers} borrowers (Aave V3.6 on Anvil)…")
     dn = await launch(borrowers=borrowers, anvil_binary=settings.anvil_path)
     try:
-        out.print(f"market deployed in {dn.timings['deploy_s']:.2f}s, seeded in {dn.timings['seed_s']:.2f}s")
+        out.print(f"market deployed in {dn.timings['deploy_s']:.2f}s, seeded in {dn.timings['seeding_s']:.2f}s")
         old, new = await do_shock(dn.rpc, dn.deployment, asset, pct)
         out.print(f"shock: {asset} {old / 1e8:,.2f} → {new / 1e8:,.2f} USD ({pct:+}%)")
         keeper_settings = load_settings(

@@ -92,7 +92,7 @@ def _use_json(fmt: str) -> bool:
         return True
     if fmt == "console":
         return False
-    return not sys.stdout.isatty()
+    return not sys.stderr.isatty()  # logs go to stderr
 
 
 def configure_logging(
@@ -122,17 +122,17 @@ def configure_logging(
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if _use_json(fmt)
-        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
-        logger_factory=structlog.PrintLoggerFactory(),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),  # stdout is for command output
         cache_logger_on_first_use=False,
     )
 
     # Third-party libraries log through stdlib; give them the same masking and format.
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
@@ -143,6 +143,7 @@ def configure_logging(
     root.handlers[:] = [handler]
     root.setLevel(level_no)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # /metrics scrapes
+    logging.getLogger("web3").setLevel(logging.WARNING)  # connect/disconnect chatter
 
 
 def get_logger(name: str) -> Any:
