@@ -187,6 +187,7 @@ class RpcClient:
         backoff_base_s: float = 0.25,
         backoff_max_s: float = 8.0,
         max_batch: int = 100,
+        max_batch_bytes: int = 1_000_000,
         max_connections: int = 32,
         headers: dict[str, str] | None = None,
         on_request: RpcObserver | Callable[[str, float, str], None] | None = None,
@@ -198,6 +199,8 @@ class RpcClient:
         self._backoff_base = backoff_base_s
         self._backoff_max = backoff_max_s
         self._max_batch = max(1, max_batch)
+        # Nodes cap request bodies (Anvil refuses ~2 MB, geth 5 MB): split batches by size too.
+        self._max_batch_bytes = max(1, max_batch_bytes)
         self._max_connections = max_connections
         self._headers = {"Content-Type": "application/json", **(headers or {})}
         self._on_request = on_request
@@ -275,7 +278,7 @@ class RpcClient:
         """
         if not calls:
             return []
-        chunks = [calls[i : i + self._max_batch] for i in range(0, len(calls), self._max_batch)]
+        chunks = self._split(calls)
         # return_exceptions: wait for every chunk (no orphaned requests), then raise the first.
         parts = await asyncio.gather(
             *(self._batch_chunk(c, timeout_s) for c in chunks), return_exceptions=True
@@ -284,6 +287,19 @@ class RpcClient:
             if isinstance(part, BaseException):
                 raise part
         return [r for part in parts for r in part]  # type: ignore[union-attr]
+
+    def _split(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Sequence[tuple[str, Sequence[Any]]]]:
+        """Chunks of at most `max_batch` items and about `max_batch_bytes` of JSON each."""
+        chunks: list[list[tuple[str, Sequence[Any]]]] = []
+        size = 0
+        for call in calls:
+            item = len(json.dumps(call[1])) + len(call[0]) + 48  # params + method + envelope
+            if not chunks or len(chunks[-1]) >= self._max_batch or size + item > self._max_batch_bytes:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(call)
+            size += item
+        return chunks
 
     async def _batch_chunk(
         self, calls: Sequence[tuple[str, Sequence[Any]]], timeout_s: float | None

@@ -127,7 +127,7 @@ def _tx(sender: str, to: str, data: bytes, nonce: int, gas: int, value: int = 0)
 class Seeder:
     """Sends planned positions to a devnet market through raw JSON-RPC batches."""
 
-    def __init__(self, rpc: RpcClient, deployment: Deployment, *, batch_size: int = 500) -> None:
+    def __init__(self, rpc: RpcClient, deployment: Deployment, *, batch_size: int = 1000) -> None:
         self.rpc = rpc
         self.d = deployment
         self.batch_size = batch_size
@@ -140,9 +140,10 @@ class Seeder:
         # block splits its transactions, so lift the gas limit while seeding.
         await self.rpc.call("anvil_setBlockGasLimit", [hex(2**40)])
         try:
-            await self._run(self._fund_txs(plans, liquidity_usd, await self._nonce(self.d.deployer)))
-            await self._run(self._supply_txs(plans))
-            await self._run(self._borrow_txs(plans))
+            await self._run([await self._fund(plans, liquidity_usd)])
+            nonces = await self._nonces([self.d.deployer, *(p.address for p in plans)])
+            await self._run(self._supply_txs(plans, liquidity_usd, nonces))
+            await self._run(self._borrow_txs(plans, nonces))
         finally:
             await self.rpc.call("anvil_setBlockGasLimit", [block["gasLimit"]])
             await self.rpc.call("evm_setAutomine", [True])
@@ -151,72 +152,92 @@ class Seeder:
         await self.rpc.call("anvil_setNextBlockBaseFeePerGas", [hex(10**9)])
         await self.rpc.call("evm_mine", [])
 
-    async def _nonce(self, address: str) -> int:
-        return int(await self.rpc.call("eth_getTransactionCount", [address, "pending"]), 16)
+    async def _nonces(self, addresses: Sequence[str]) -> dict[str, int]:
+        replies = await self.rpc.batch([("eth_getTransactionCount", [a, "pending"]) for a in addresses])
+        for r in replies:
+            if isinstance(r, RpcError):
+                raise SeedError(f"reading nonces failed: {r}")
+        return {a: int(r, 16) for a, r in zip(addresses, replies, strict=True)}
 
-    def _fund_txs(self, plans: Sequence[BorrowerPlan], liquidity_usd: int, nonce: int) -> list:
-        """The deployer mints collateral to borrowers and supplies deep liquidity to every reserve."""
-        d, txs, cheats = self.d, [], []
-        for plan in plans:
-            eth = 10**18 + plan.collateral.get("WETH", 0)
-            cheats.append(("anvil_setBalance", [plan.address, hex(eth)]))
-            for sym, amount in plan.collateral.items():
-                if sym != "WETH":
-                    data = SEL_MINT + encode(["address", "uint256"], [plan.address, amount])
-                    txs.append(_tx(d.deployer, d.assets[sym], data, nonce, 100_000))
-                    nonce += 1
-        for spec in ASSETS if liquidity_usd else ():
-            amount = liquidity_usd * 10**8 * 10**spec.decimals // spec.price_e8
-            token = d.assets[spec.symbol]
-            if spec.symbol == "WETH":
-                cheats.append(("anvil_setBalance", [d.deployer, hex(amount + 10**24)]))
-                txs.append(_tx(d.deployer, token, SEL_DEPOSIT, nonce, 100_000, value=amount))
-            else:
-                data = SEL_MINT + encode(["address", "uint256"], [d.deployer, amount])
-                txs.append(_tx(d.deployer, token, data, nonce, 100_000))
-            data = SEL_APPROVE + encode(["address", "uint256"], [d.pool, UINT256_MAX])
-            txs.append(_tx(d.deployer, token, data, nonce + 1, 100_000))
-            data = SEL_SUPPLY + encode(["address", "uint256", "address", "uint16"],
-                                       [token, amount, d.deployer, 0])
-            txs.append(_tx(d.deployer, d.pool, data, nonce + 2, 500_000))
-            nonce += 3
-        return [*cheats, *(("eth_sendTransaction", [t]) for t in txs)]
+    def _liquidity(self, liquidity_usd: int) -> dict[str, int]:
+        return {s.symbol: liquidity_usd * 10**8 * 10**s.decimals // s.price_e8 for s in ASSETS} \
+            if liquidity_usd else {}
 
-    def _supply_txs(self, plans: Sequence[BorrowerPlan]) -> list:
+    async def _fund(self, plans: Sequence[BorrowerPlan], liquidity_usd: int) -> list:
+        """Token balances by cheat code: thousands of borrowers cost no mint transactions.
+
+        Minting through the tokens would chain thousands of nonces on one sender, which
+        Anvil's pool handles in quadratic time.
+        """
         d, calls = self.d, []
-        for plan in plans:
-            nonce = 0
-            for sym, amount in plan.collateral.items():
+        holders = [(p.address, p.collateral) for p in plans]
+        holders.append((d.deployer, self._liquidity(liquidity_usd)))
+        weth_dealt = 0
+        for holder, amounts in holders:
+            calls.append(("anvil_setBalance", [holder, hex(10**18 + 10**24 * (holder == d.deployer))]))
+            for sym, amount in amounts.items():
                 token = d.assets[sym]
-                if sym == "WETH":
-                    calls.append(_tx(plan.address, token, SEL_DEPOSIT, nonce, 100_000, value=amount))
-                    nonce += 1
-                data = SEL_APPROVE + encode(["address", "uint256"], [d.pool, UINT256_MAX])
-                calls.append(_tx(plan.address, token, data, nonce, 100_000))
-                data = SEL_SUPPLY + encode(["address", "uint256", "address", "uint16"],
-                                           [token, amount, plan.address, 0])
-                calls.append(_tx(plan.address, d.pool, data, nonce + 1, 500_000))
-                nonce += 2
-        return [("eth_sendTransaction", [t]) for t in calls]
+                balance = amount + (await self._balance(token, holder) if holder == d.deployer else 0)
+                calls.append(("anvil_dealERC20", [holder, token, hex(balance)]))
+                weth_dealt += amount if sym == "WETH" else 0
+        # Dealt WETH must stay redeemable: back it with ETH as deposits would have.
+        weth = d.assets["WETH"]
+        eth_in_weth = int(await self.rpc.call("eth_getBalance", [weth, "latest"]), 16)
+        calls.append(("anvil_setBalance", [weth, hex(eth_in_weth + weth_dealt)]))
+        return calls
 
-    def _borrow_txs(self, plans: Sequence[BorrowerPlan]) -> list:
+    async def _balance(self, token: str, holder: str) -> int:
+        data = "0x70a08231" + encode(["address"], [holder]).hex()
+        return int(await self.rpc.call("eth_call", [{"to": token, "data": data}, "latest"]), 16)
+
+    def _supply_txs(self, plans: Sequence[BorrowerPlan], liquidity_usd: int, nonces: dict[str, int]) -> list:
+        """Each holder approves the pool and supplies: two transactions per collateral asset."""
+        d, calls = self.d, []
+        holders = [(d.deployer, self._liquidity(liquidity_usd)), *((p.address, p.collateral) for p in plans)]
+        for holder, amounts in holders:
+            nonce = nonces[holder]
+            group = []
+            for sym, amount in amounts.items():
+                token = d.assets[sym]
+                approve = SEL_APPROVE + encode(["address", "uint256"], [d.pool, UINT256_MAX])
+                supply = SEL_SUPPLY + encode(["address", "uint256", "address", "uint16"],
+                                             [token, amount, holder, 0])
+                group.append(_tx(holder, token, approve, nonce, 100_000))
+                group.append(_tx(holder, d.pool, supply, nonce + 1, 500_000))
+                nonce += 2
+            calls.append([("eth_sendTransaction", [t]) for t in group])
+        return calls
+
+    def _borrow_txs(self, plans: Sequence[BorrowerPlan], nonces: dict[str, int]) -> list:
         d, calls = self.d, []
         for plan in plans:
-            nonce = sum(2 + (s == "WETH") for s in plan.collateral)
+            nonce = nonces[plan.address] + 2 * len(plan.collateral)
+            group = []
             for sym, amount in plan.debt.items():
                 data = SEL_BORROW + encode(["address", "uint256", "uint256", "uint16", "address"],
                                            [d.assets[sym], amount, 2, 0, plan.address])
-                calls.append(_tx(plan.address, d.pool, data, nonce, 800_000))
+                group.append(("eth_sendTransaction", [_tx(plan.address, d.pool, data, nonce, 800_000)]))
                 nonce += 1
-        return [("eth_sendTransaction", [t]) for t in calls]
+            calls.append(group)
+        return calls
 
-    async def _run(self, calls: list) -> None:
-        for start in range(0, len(calls), self.batch_size):
-            results = await self.rpc.batch(calls[start : start + self.batch_size])
-            failed = [r for r in results if isinstance(r, RpcError)]
-            if failed:
-                raise SeedError(f"{len(failed)} seeding calls were refused, first: {failed[0]}")
-        await self._mine_until_empty()
+    async def _run(self, groups: list[list]) -> None:
+        """Send groups of calls, a block at a time; a group (one sender's chain) is never split.
+
+        Anvil's pool slows down as it fills, so a block is mined every `batch_size` calls.
+        """
+        chunk: list = []
+        for group in [*groups, None]:
+            if group is not None and len(chunk) + len(group) <= self.batch_size:
+                chunk += group
+                continue
+            if chunk:
+                results = await self.rpc.batch(chunk)
+                failed = [r for r in results if isinstance(r, RpcError)]
+                if failed:
+                    raise SeedError(f"{len(failed)} seeding calls were refused, first: {failed[0]}")
+                await self._mine_until_empty()
+            chunk = list(group or [])
 
     async def _mine_until_empty(self, max_blocks: int = 10_000) -> None:
         for _ in range(max_blocks):

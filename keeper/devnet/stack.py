@@ -12,7 +12,7 @@ from keeper.chain.rpc import RpcClient
 from keeper.devnet.aave import ASSETS, Deployment, deploy_market
 from keeper.devnet.anvil import Anvil, AnvilOptions
 from keeper.devnet.chain import DevChain
-from keeper.devnet.seed import SEL_APPROVE, SEL_DEPOSIT, SEL_MINT, BorrowerPlan, Seeder, plan_borrowers
+from keeper.devnet.seed import SEL_DEPOSIT, SEL_MINT, BorrowerPlan, Seeder, plan_borrowers
 from keeper.log import get_logger
 
 log = get_logger(__name__)
@@ -107,4 +107,4 @@ async def _send(rpc: RpcClient, sender: str, to: str, data: bytes, value: int = 
         raise RuntimeError(f"devnet funding tx to {to} reverted")
 
 
-__all__ = ["KEEPER_ADDRESS", "KEEPER_DEV_KEY", "SEL_APPROVE", "Devnet", "fund_inventory", "launch"]
+__all__ = ["KEEPER_ADDRESS", "KEEPER_DEV_KEY", "Devnet", "fund_inventory", "launch"]
