@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from keeper.chain.rpc import RpcClient
 from keeper.config import Settings
 from keeper.errors import TRANSIENT_ERRORS, ConfigError, RpcError
+from keeper.exec.executor import check_executor
 from keeper.exec.sender import Sender
 from keeper.exec.signer import Signer
 from keeper.index.events import RangeSizer, backfill_borrowers
@@ -113,7 +114,9 @@ class App:
             signer = self._signer(chain_id)
             sender = None if s.dry_run else Sender(rpc, signer, max_fee_gwei=s.max_fee_gwei,
                                                    poll_interval_s=min(0.5, s.poll_interval_s))
-            if sender is not None and s.execution == "inventory":
+            if s.execution == "flashloan":
+                await check_flash_setup(rpc, s, market, signer.address)
+            elif sender is not None:
                 await approve_inventory(rpc, market, sender)
             log.info("app.start", chain_id=chain_id, pool=market.pool, reserves=len(market.reserves),
                      keeper=signer.address, dry_run=s.dry_run, execution=s.execution,
@@ -199,6 +202,14 @@ class App:
                      skipped=report.skipped or None)
             if until is not None and until(report):
                 self.request_stop()
+
+
+async def check_flash_setup(rpc: RpcClient, s: Settings, market: Market, owner: Address) -> None:
+    """Flash-loan mode needs an executor the keeper owns, on this market's pool, and a quoter."""
+    s.require("executor_address", "uniswap_quoter")
+    await check_executor(rpc, s.executor_address, owner, expected_pool=market.pool)
+    if not await rpc.get_code(s.uniswap_quoter):
+        raise ConfigError(f"KEEPER_UNISWAP_QUOTER: no contract at {s.uniswap_quoter} on this chain")
 
 
 async def approve_inventory(rpc: RpcClient, market: Market, sender: Sender) -> None:

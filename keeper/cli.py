@@ -29,6 +29,8 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-profit-usd", dest="min_profit_usd", type=Decimal)
     g.add_argument("--execution", dest="execution", choices=("inventory", "flashloan"))
     g.add_argument("--executor-address", dest="executor_address")
+    g.add_argument("--uniswap-router", dest="uniswap_router")
+    g.add_argument("--uniswap-quoter", dest="uniswap_quoter")
     g.add_argument("--log-format", dest="log_format", choices=("auto", "json", "console"))
     g.add_argument("--log-level", dest="log_level")
 
@@ -51,8 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--borrowers", type=int, default=200)
     demo.add_argument("--shock", nargs=2, metavar=("ASSET", "PCT"), default=("WETH", "-15"))
     demo.add_argument("--dry-run", action="store_true")
-    demo.add_argument("--execution", choices=("inventory", "flashloan"), default="inventory")
+    demo.add_argument("--execution", choices=("inventory", "flashloan"), default="flashloan")
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds before the demo gives up")
+
+    executor = sub.add_parser("executor", help="the flash-loan executor contract")
+    esub = executor.add_subparsers(dest="executor_command", required=True)
+    deploy = esub.add_parser("deploy", help="deploy Liquidator(provider, router) owned by the keeper's key")
+    _settings_flags(deploy)
 
     devnet = sub.add_parser("devnet", help="the local stand-in for mainnet (Anvil + Aave V3.6)")
     dsub = devnet.add_subparsers(dest="devnet_command", required=True)
@@ -72,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("rpc_url", "pool_addresses_provider", "start_block", "metrics_port", "min_profit_usd",
-            "execution", "executor_address", "log_format", "log_level", "dry_run")
+            "execution", "executor_address", "uniswap_router", "uniswap_quoter", "log_format", "log_level",
+            "dry_run")
     return {k: getattr(args, k, None) for k in keys}
 
 
@@ -86,6 +94,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "demo":
         return await commands.demo(settings, borrowers=args.borrowers, shock=args.shock,
                                    dry_run=args.dry_run, execution=args.execution, timeout_s=args.timeout)
+    if args.command == "executor":
+        return await commands.executor_deploy(settings)
     if args.command == "devnet":
         if args.devnet_command == "up":
             return await commands.devnet_up(settings, port=args.port, borrowers=args.borrowers,

@@ -13,7 +13,7 @@ from rich.table import Table
 from keeper.app import App
 from keeper.chain.rpc import RpcClient
 from keeper.config import Settings, load_settings
-from keeper.errors import ConfigError, KeeperError
+from keeper.errors import ConfigError
 from keeper.log import get_logger
 from keeper.pipeline import CycleReport
 
@@ -46,20 +46,38 @@ async def scan(settings: Settings, *, limit: int, hf_below: Decimal) -> int:
     return 0
 
 
-def _demo_done(dry_run: bool):
+def _demo_done(dry_run: bool, patience: int = 5):
+    """Stop when nobody is liquidatable, or after `patience` cycles in a row that send nothing."""
+    idle = 0
+
     def done(report: CycleReport) -> bool:
+        nonlocal idle
         if report.liquidatable == 0:
             return True
         if dry_run:
             return bool(report.dry_run) or report.simulated == 0
-        return not report.sent  # liquidatable but nothing worth sending: nothing more will happen
+        idle = 0 if report.sent else idle + 1
+        return idle >= patience
     return done
+
+
+async def _arbitrageur(dn, stop: asyncio.Event, period_s: float = 0.5) -> None:
+    """Devnet searchers: pull Uniswap pools back to the oracle after the keeper's sales move them."""
+    from keeper.devnet.uniswap import align_pools
+
+    while not stop.is_set():
+        await align_pools(dn.rpc, dn.deployment, dn.uniswap, tolerance_bps=10)
+        try:
+            await asyncio.wait_for(stop.wait(), period_s)
+        except TimeoutError:
+            pass
 
 
 async def demo(settings: Settings, *, borrowers: int, shock: tuple[str, str], dry_run: bool,
                execution: str, timeout_s: float) -> int:
     from keeper.devnet.seed import shock as do_shock
-    from keeper.devnet.stack import KEEPER_DEV_KEY, launch
+    from keeper.devnet.stack import KEEPER_ADDRESS, launch
+    from keeper.devnet.uniswap import align_pools
 
     asset, pct = shock[0].upper(), Decimal(shock[1])
     out.print(f"[bold]demo[/]: starting a devnet with {borrowers} borrowers (Aave V3.6 on Anvil)…")
@@ -67,15 +85,21 @@ async def demo(settings: Settings, *, borrowers: int, shock: tuple[str, str], dr
     try:
         out.print(f"market deployed in {dn.timings['deploy_s']:.2f}s, seeded in {dn.timings['seeding_s']:.2f}s")
         old, new = await do_shock(dn.rpc, dn.deployment, asset, pct)
-        out.print(f"shock: {asset} {old / 1e8:,.2f} → {new / 1e8:,.2f} USD ({pct:+}%)")
-        keeper_settings = load_settings(
-            **{**settings.model_dump(exclude={"private_key"}), "rpc_url": dn.url,
-               "pool_addresses_provider": dn.deployment.pool_addresses_provider,
-               "start_block": dn.deployment.start_block, "private_key": KEEPER_DEV_KEY,
-               "chain_id": dn.deployment.chain_id, "dry_run": dry_run, "execution": execution,
-               "poll_interval_s": 0.2})
+        moved = await align_pools(dn.rpc, dn.deployment, dn.uniswap)
+        out.print(f"shock: {asset} {old / 1e8:,.2f} → {new / 1e8:,.2f} USD ({pct:+}%); "
+                  f"{moved} Uniswap pools arbitraged to the new price")
+        env = {k.removeprefix("KEEPER_").lower(): v for k, v in dn.keeper_env().items()}
+        keeper_settings = load_settings(**{**settings.model_dump(exclude={"private_key"}), **env,
+                                           "dry_run": dry_run, "execution": execution, "poll_interval_s": 0.2})
+        out.print(f"keeper: {execution} mode{' (dry run)' if dry_run else ''}, wallet {KEEPER_ADDRESS}")
         app = App(keeper_settings)
-        reports = await asyncio.wait_for(app.run(until=_demo_done(dry_run)), timeout_s)
+        async with asyncio.TaskGroup() as tg:
+            arb = None if dry_run else tg.create_task(_arbitrageur(dn, app.stop_event))
+            try:
+                reports = await asyncio.wait_for(app.run(until=_demo_done(dry_run)), timeout_s)
+            finally:
+                app.request_stop()
+        del arb
         _summary(reports, dry_run)
         remaining = reports[-1].liquidatable if reports else -1
         return 0 if remaining == 0 or dry_run else 1
@@ -107,6 +131,23 @@ def _summary(reports: list[CycleReport], dry_run: bool) -> None:
     out.print(table)
 
 
+async def executor_deploy(settings: Settings) -> int:
+    from keeper.app import connect
+    from keeper.exec.executor import deploy_executor
+    from keeper.metrics import Metrics
+
+    settings.require("private_key", "uniswap_router")
+    rpc, _ = await connect(settings, Metrics())
+    try:
+        address = await deploy_executor(rpc, settings.private_key, settings.pool_addresses_provider,
+                                        settings.uniswap_router, poll_interval=min(1.0, settings.poll_interval_s))
+    finally:
+        await rpc.close()
+    log.info("executor.deployed", address=address)
+    print(f"KEEPER_EXECUTOR_ADDRESS={address}")
+    return 0
+
+
 async def devnet_up(settings: Settings, *, port: int, borrowers: int, seed: int, block_time: int | None) -> int:
     from keeper.devnet import state
     from keeper.devnet.stack import launch
@@ -118,7 +159,7 @@ async def devnet_up(settings: Settings, *, port: int, borrowers: int, seed: int,
     state.STATE_DIR.mkdir(exist_ok=True)
     dn = await launch(borrowers=borrowers, seed=seed, port=port, block_time=block_time, detach=True,
                       anvil_binary=settings.anvil_path, log_path=state.STATE_DIR / f"{port}.log")
-    path = state.save(port, dn.anvil.pid, dn.deployment, len(dn.plans))
+    path = state.save(port, dn.anvil.pid, dn.deployment, len(dn.plans), dn.uniswap, dn.executor)
     await dn.rpc.close()  # the Anvil process stays up, detached
     log.info("devnet.up", port=port, pid=dn.anvil.pid, state=str(path))
     for key, value in dn.keeper_env().items():
@@ -162,14 +203,13 @@ async def devnet_down(*, port: int) -> int:
 async def devnet_shock(*, port: int, asset: str, pct: Decimal) -> int:
     from keeper.devnet import state
     from keeper.devnet.seed import shock
+    from keeper.devnet.uniswap import align_pools
 
     data = state.load(port)
     if data is None:
         raise ConfigError(f"no devnet recorded on port {port}; `keeper devnet up --port {port}` first")
     async with RpcClient(f"http://127.0.0.1:{port}") as rpc:
-        try:
-            old, new = await shock(rpc, data["deployment"], asset.upper(), pct)
-        except KeeperError:
-            raise
-    print(f"{asset.upper()}: {old / 1e8:,.2f} -> {new / 1e8:,.2f} USD")
+        old, new = await shock(rpc, data["deployment"], asset.upper(), pct)
+        moved = await align_pools(rpc, data["deployment"], data["uniswap"])
+    print(f"{asset.upper()}: {old / 1e8:,.2f} -> {new / 1e8:,.2f} USD ({moved} Uniswap pools arbitraged)")
     return 0

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     dry_run: bool = False
     execution: Literal["inventory", "flashloan"] = "inventory"
     executor_address: str | None = None
+    # flash-loan mode: Uniswap V3 SwapRouter and QuoterV2, and hub tokens for two-hop routes
+    uniswap_router: str | None = None
+    uniswap_quoter: str | None = None
+    swap_hubs: str = Field("", description="comma-separated hub token addresses; default: the native asset")
+    swap_slippage_bps: int = Field(50, ge=0, le=5_000)
+    flash_margin_bps: int = Field(10, ge=0, le=1_000)
     min_profit_usd: Decimal = Field(Decimal(1), ge=0)
     # the reserve whose oracle price prices gas; default: the market's WETH/WMATIC/... reserve
     native_asset: str | None = None
@@ -98,7 +104,8 @@ class Settings(BaseSettings):
             raise ValueError("must be a ws:// or wss:// URL")
         return v.strip() if v else None
 
-    @field_validator("pool_addresses_provider", "executor_address", "native_asset")
+    @field_validator("pool_addresses_provider", "executor_address", "native_asset", "uniswap_router",
+                     "uniswap_quoter")
     @classmethod
     def _checksum(cls, v: str | None) -> str | None:
         return _address(v)
@@ -113,6 +120,14 @@ class Settings(BaseSettings):
             # Deliberately says nothing about the value (not even its length).
             raise ValueError("must be 32 bytes of hex (64 hex characters, optional 0x)")
         return SecretStr(raw if raw.startswith("0x") else "0x" + raw)
+
+    @field_validator("swap_hubs")
+    @classmethod
+    def _hubs(cls, v: str) -> str:
+        return ",".join(_address(a) or "" for a in v.split(",") if a.strip())
+
+    def hubs(self) -> list[str]:
+        return [a for a in self.swap_hubs.split(",") if a]
 
     @field_validator("log_level")
     @classmethod

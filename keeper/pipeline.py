@@ -9,25 +9,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from keeper.chain.rpc import RpcClient
 from keeper.config import Settings
 from keeper.errors import SimulationError
 from keeper.exec.fees import Fees, suggest_fees
-from keeper.exec.plan import LiquidationTx, inventory_tx
+from keeper.exec.plan import LiquidationTx, flashloan_tx, inventory_tx
 from keeper.exec.sender import Sender
 from keeper.log import get_logger
 from keeper.metrics import Metrics
 from keeper.protocol.aave_v3 import read_account_health, read_prices, read_reserve_positions
+from keeper.protocol.uniswap_v3 import best_route
 from keeper.sim.fork import ForkSimulator
-from keeper.strategy.opportunity import best_opportunity
-from keeper.strategy.profit import Costs, value_base_floor
+from keeper.strategy.opportunity import Candidate, best_opportunity, evaluate_position, to_opportunity
+from keeper.strategy.profit import Costs, ProfitBreakdown, flash_premium, profit, value_base_floor
 from keeper.types import AccountHealth, Address, Market, Opportunity, Position, SimResult
 
 log = get_logger(__name__)
 
+FLASH_CANDIDATES = 3  # sizings quoted on the DEX per borrower
 NATIVE_WRAPPERS = ("WETH", "WMATIC", "WPOL", "WAVAX", "WBNB", "WXDAI", "WFTM", "WS", "WMNT")
 
 
@@ -64,8 +66,7 @@ def native_asset(market: Market, override: str | None = None) -> Address | None:
 
 class Pipeline:
     def __init__(self, *, rpc: RpcClient, market: Market, settings: Settings, metrics: Metrics,
-                 simulator: ForkSimulator, keeper: Address, sender: Sender | None,
-                 gas_units_estimate: int = 450_000) -> None:
+                 simulator: ForkSimulator, keeper: Address, sender: Sender | None) -> None:
         self.rpc = rpc
         self.market = market
         self.settings = settings
@@ -73,8 +74,13 @@ class Pipeline:
         self.sim = simulator
         self.keeper = keeper
         self.sender = sender  # None: dry run, nothing is ever broadcast
-        self.gas_units = gas_units_estimate
+        self.flash = settings.execution == "flashloan"
+        # Until the fork measures it: a liquidationCall is ~330k gas, with a flash loan and swap ~600k.
+        self.gas_units = 650_000 if self.flash else 400_000
         self.native = native_asset(market, settings.native_asset)
+        self.executor = settings.executor_address
+        self.quoter = settings.uniswap_quoter
+        self.hubs = settings.hubs() or ([self.native] if self.native else [])
         self.min_profit_base = int(settings.min_profit_usd * market.base_currency_unit)
 
     @property
@@ -112,12 +118,10 @@ class Pipeline:
 
     async def _handle(self, position: Position, fees: Fees, report: CycleReport) -> None:
         costs = self._costs(position, fees)
-        opp = best_opportunity(position, self.market.reserves, costs, min_net_profit_base=-(2**255))
-        if opp is None:
-            return self._skip(report, "no_liquidatable_pair", position.user)
-        if opp.net_profit_base < self.min_profit_base:
-            return self._skip(report, "unprofitable", position.user, predicted_base=opp.net_profit_base)
-        plan = inventory_tx(opp, self.market, self.keeper)
+        planned = await (self._plan_flash if self.flash else self._plan_inventory)(position, costs, report)
+        if planned is None:
+            return
+        opp, plan = planned
         try:
             result = await self._simulate(opp, plan, position, costs)
         except SimulationError as e:
@@ -128,12 +132,62 @@ class Pipeline:
         report.opportunities.append((opp, result))
         if not result.success:
             self.metrics.simulations.labels(result="reverted").inc()
-            return self._skip(report, "sim_reverted", position.user, reason=result.revert_reason)
+            return self._skip(report, "sim_reverted", position.user, revert=result.revert_reason)
         if result.profit_base < self.min_profit_base:
             self.metrics.simulations.labels(result="unprofitable").inc()
             return self._skip(report, "sim_unprofitable", position.user, simulated_base=result.profit_base)
         self.metrics.simulations.labels(result="profitable").inc()
+        await self.sim.commit()  # what is sent next must be simulated on top of this one
         await self._execute(opp, plan, result, fees, costs.native_price_base, report)
+
+    async def _plan_inventory(self, position: Position, costs: Costs, report: CycleReport
+                              ) -> tuple[Opportunity, LiquidationTx] | None:
+        opp = best_opportunity(position, self.market.reserves, costs, min_net_profit_base=-(2**255))
+        if opp is None:
+            return self._skip(report, "no_liquidatable_pair", position.user)
+        if opp.net_profit_base < self.min_profit_base:
+            return self._skip(report, "unprofitable", position.user, predicted_base=opp.net_profit_base)
+        return opp, inventory_tx(opp, self.market, self.keeper)
+
+    async def _plan_flash(self, position: Position, costs: Costs, report: CycleReport
+                          ) -> tuple[Opportunity, LiquidationTx] | None:
+        """Price the best few sizings with real swap quotes; the oracle alone would flatter them."""
+        costs = replace(costs, flash_premium_bps=self.market.flash_loan_premium_bps)
+        candidates = evaluate_position(position, self.market.reserves, costs)[:FLASH_CANDIDATES]
+        if not candidates:
+            return self._skip(report, "no_liquidatable_pair", position.user)
+        quoted = [q for c in candidates if (q := await self._quote(c, costs)) is not None]
+        if not quoted:
+            return self._skip(report, "no_route", position.user)
+        best = max(quoted, key=lambda q: q.profit.net_profit_base)
+        owed = best.candidate.outcome.debt_repaid + flash_premium(
+            best.candidate.outcome.debt_repaid, self.market.flash_loan_premium_bps)
+        if best.out < owed:
+            return self._skip(report, "route_too_shallow", position.user, swap_out=best.out, owed=owed)
+        priced = best.profit
+        opp = replace(to_opportunity(position, best.candidate), gross_profit_base=priced.gross_profit_base,
+                      cost_base=priced.cost_base, net_profit_base=priced.net_profit_base)
+        if opp.net_profit_base < self.min_profit_base:
+            return self._skip(report, "unprofitable", position.user, predicted_base=opp.net_profit_base)
+        debt = self.market.reserve(opp.debt_asset)
+        min_profit = self.min_profit_base * 10**debt.decimals // position.prices_base[opp.debt_asset]
+        plan = flashloan_tx(opp, self.executor, self.keeper, swap_path=best.path, quoted_out=best.out,
+                            slippage_bps=self.settings.swap_slippage_bps,
+                            margin_bps=self.settings.flash_margin_bps, min_profit=min_profit)
+        return opp, plan
+
+    async def _quote(self, c: Candidate, costs: Costs) -> _Quote | None:
+        seized = c.outcome.collateral_seized
+        if c.collateral_asset == c.debt_asset:
+            out, path = seized, b""
+        else:
+            # Quoted on the fork: it already holds this cycle's earlier swaps, the chain does not.
+            route = await best_route(self.sim.rpc, self.quoter, c.collateral_asset, c.debt_asset, seized,
+                                     "latest", via=self.hubs)
+            if route is None:
+                return None
+            out, path = route.amount_out, route.path
+        return _Quote(c, out, path, profit(c.inputs, c.outcome, costs, swap_out_debt=out))
 
     def _skip(self, report: CycleReport, reason: str, user: Address, **kv: object) -> None:
         report.skip(reason)
@@ -192,6 +246,14 @@ class Pipeline:
         self.metrics.profit_usd.inc(float(realised_usd))
         log.info("exec.included", borrower=opp.user, tx=result.tx_hash, block=result.block,
                  gas=result.gas_used, profit_usd=str(realised_usd))
+
+
+@dataclass(frozen=True, slots=True)
+class _Quote:
+    candidate: Candidate
+    out: int  # debt-asset units the swap returns for the seized collateral
+    path: bytes
+    profit: ProfitBreakdown
 
 
 def _signed_value(delta: int, price_base: int, decimals: int) -> int:

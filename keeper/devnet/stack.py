@@ -12,6 +12,8 @@ from keeper.chain.rpc import RpcClient
 from keeper.devnet.aave import ASSETS, Deployment, deploy_market
 from keeper.devnet.anvil import Anvil, AnvilOptions
 from keeper.devnet.chain import DevChain
+from keeper.devnet.uniswap import UniswapDeployment, deploy_uniswap
+from keeper.exec.executor import deploy_executor
 from keeper.devnet.seed import SEL_DEPOSIT, SEL_MINT, BorrowerPlan, Seeder, plan_borrowers
 from keeper.log import get_logger
 
@@ -28,6 +30,8 @@ class Devnet:
     deployment: Deployment
     plans: list[BorrowerPlan]
     rpc: RpcClient
+    uniswap: UniswapDeployment
+    executor: str  # the keeper's flash-loan executor (Liquidator), owned by KEEPER_ADDRESS
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -41,7 +45,11 @@ class Devnet:
             "KEEPER_POOL_ADDRESSES_PROVIDER": self.deployment.pool_addresses_provider,
             "KEEPER_START_BLOCK": str(self.deployment.start_block),
             "KEEPER_CHAIN_ID": str(self.deployment.chain_id),
+            # Anvil's public test key for account 1: a devnet wallet, never a real one.
             "KEEPER_PRIVATE_KEY": KEEPER_DEV_KEY,
+            "KEEPER_UNISWAP_ROUTER": self.uniswap.router,
+            "KEEPER_UNISWAP_QUOTER": self.uniswap.quoter,
+            "KEEPER_EXECUTOR_ADDRESS": self.executor,
         }
 
     async def close(self) -> None:
@@ -51,7 +59,7 @@ class Devnet:
 
 async def launch(*, borrowers: int = 200, seed: int = 7, port: int = 0, block_time: int | None = None,
                  detach: bool = False, log_path: Path | None = None, fund_keeper_usd: int = 5_000_000,
-                 anvil_binary: Path | None = None) -> Devnet:
+                 anvil_binary: Path | None = None, dex_depth_usd: int = 10_000_000) -> Devnet:
     """Start Anvil, deploy the market, seed borrowers and fund the keeper's inventory.
 
     With `block_time`, blocks are mined on an interval like a real chain's; set-up
@@ -73,10 +81,15 @@ async def launch(*, borrowers: int = 200, seed: int = 7, port: int = 0, block_ti
         await Seeder(rpc, deployment).seed(plans)
         timings["seeding_s"] = time.monotonic() - t0
         await fund_inventory(rpc, deployment, KEEPER_ADDRESS, fund_keeper_usd)
+        t0 = time.monotonic()
+        uniswap = await deploy_uniswap(rpc, deployment, depth_usd=dex_depth_usd)
+        executor = await deploy_executor(rpc, KEEPER_DEV_KEY, deployment.pool_addresses_provider,
+                                         uniswap.router, poll_interval=0.02)
+        timings["dex_and_executor_s"] = time.monotonic() - t0
         if block_time is not None:
             await rpc.call("evm_setIntervalMining", [int(block_time)])
         log.info("devnet.ready", url=anvil.url, borrowers=len(plans), **{k: round(v, 2) for k, v in timings.items()})
-        return Devnet(anvil, deployment, plans, rpc, timings)
+        return Devnet(anvil, deployment, plans, rpc, uniswap, executor, timings)
     except BaseException:
         await rpc.close()
         await anvil.stop()

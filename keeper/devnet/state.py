@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from keeper.devnet.aave import Deployment
+from keeper.devnet.uniswap import UniswapDeployment
 
 STATE_DIR = Path(__file__).resolve().parents[2] / ".devnet"
 
@@ -14,12 +15,13 @@ def state_path(port: int) -> Path:
     return STATE_DIR / f"{port}.json"
 
 
-def save(port: int, pid: int, deployment: Deployment, borrowers: int) -> Path:
+def save(port: int, pid: int, deployment: Deployment, borrowers: int, uniswap: UniswapDeployment,
+         executor: str) -> Path:
     STATE_DIR.mkdir(exist_ok=True)
     path = state_path(port)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": pid, "port": port, "borrowers": borrowers,
-                               "deployment": deployment.to_json()}, indent=1))
+    tmp.write_text(json.dumps({"pid": pid, "port": port, "borrowers": borrowers, "executor": executor,
+                               "deployment": deployment.to_json(), "uniswap": uniswap.to_json()}, indent=1))
     tmp.replace(path)
     return path
 
@@ -30,6 +32,7 @@ def load(port: int) -> dict | None:
         return None
     data = json.loads(path.read_text())
     data["deployment"] = Deployment.from_json(data["deployment"])
+    data["uniswap"] = UniswapDeployment.from_json(data["uniswap"])
     return data
 
 

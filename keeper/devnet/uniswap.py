@@ -58,7 +58,6 @@ ZERO = "0x0000000000000000000000000000000000000000"
 
 GET_POOL = fn("UniswapV3Factory", "getPool")
 ENABLE_FEE_AMOUNT = fn("UniswapV3Factory", "enableFeeAmount")
-FEE_AMOUNT_TICK_SPACING = fn("UniswapV3Factory", "feeAmountTickSpacing")
 _SEL_CREATE_POOL = keccak(text="createAndInitializePoolIfNecessary(address,address,uint24,uint160)")[:4]
 _MINT_TYPES = "(address,address,uint24,int24,int24,uint256,uint256,uint256,uint256,address,uint256)"
 _SEL_MINT_POSITION = keccak(text=f"mint({_MINT_TYPES})")[:4]
@@ -289,3 +288,40 @@ class _Sender:
         if int(receipt["status"], 16) != 1:
             raise DevnetTxFailed(f"uniswap set-up: {what} reverted (tx {tx_hash})")
         return receipt
+
+
+SLOT0 = fn("UniswapV3Pool", "slot0")
+_EXACT_INPUT_SINGLE_TYPES = "(address,address,uint24,address,uint256,uint256,uint256,uint160)"
+_SEL_EXACT_INPUT_SINGLE = keccak(text=f"exactInputSingle({_EXACT_INPUT_SINGLE_TYPES})")[:4]
+_ARB_AMOUNT = 10**40  # "as much as it takes": the price limit stops the swap
+
+
+async def align_pools(rpc: RpcClient, d: Deployment, uni: UniswapDeployment, *,
+                      tolerance_bps: int = 1) -> int:
+    """Arbitrage every pool back to the oracle price, as searchers would after a move.
+
+    Without this a devnet pool keeps its old price after `shock`, and a keeper selling
+    seized collateral there gets a windfall no mainnet keeper would see. Returns the
+    number of pools moved.
+    """
+    prices = {s.symbol: await get_price(rpc, d, s.symbol) for s in ASSETS}
+    decimals = {s.symbol: s.decimals for s in ASSETS}
+    tx = _Sender(rpc, d.deployer)
+    moved = 0
+    for pool in uni.pools:
+        current = SLOT0.decode(await rpc.eth_call(pool.address, SLOT0.encode()))[0]
+        target = sqrt_price_x96(prices[pool.symbol0], decimals[pool.symbol0], prices[pool.symbol1],
+                                decimals[pool.symbol1])
+        # Price is sqrtP²: a 1 bp price gap is about a 0.5 bp gap in sqrtP.
+        if abs(target - current) * 20_000 <= current * tolerance_bps:
+            continue
+        zero_for_one = target < current  # selling token0 lowers its price
+        token_in, token_out = (pool.token0, pool.token1) if zero_for_one else (pool.token1, pool.token0)
+        await rpc.call("anvil_dealERC20", [d.deployer, token_in, hex(_ARB_AMOUNT)])
+        await tx.send(token_in, SEL_APPROVE + encode(["address", "uint256"], [uni.router, UINT256_MAX]))
+        params = (token_in, token_out, pool.fee, d.deployer, 2**64, _ARB_AMOUNT, 0, target)
+        swap = _SEL_EXACT_INPUT_SINGLE + encode([_EXACT_INPUT_SINGLE_TYPES], [params])
+        await tx.send(uni.router, swap, gas=2_000_000)
+        moved += 1
+    log.info("devnet.pools_aligned", moved=moved)
+    return moved

@@ -103,9 +103,17 @@ class ForkSimulator:
         return self._rpc
 
     async def _rewind(self) -> None:
-        """Back to the block as read; a snapshot is consumed by revert, so take a new one."""
+        """Back to the base state; a snapshot is consumed by revert, so take a new one."""
         if self._clean_snapshot is not None:
             await self.rpc.call("evm_revert", [self._clean_snapshot])
+        self._clean_snapshot = await self.rpc.call("evm_snapshot", [])
+
+    async def commit(self) -> None:
+        """Keep the last run's effects as the base for the next run.
+
+        The keeper sends what it simulated, in order; later candidates in the same block
+        must see the earlier ones (moved DEX prices, spent liquidity, liquidated borrowers).
+        """
         self._clean_snapshot = await self.rpc.call("evm_snapshot", [])
 
     async def ensure_allowance(self, owner: Address, token: Address, spender: Address, amount: int) -> None:

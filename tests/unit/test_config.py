@@ -178,7 +178,7 @@ def test_json_logs_are_key_values_with_utc_timestamps_and_no_secrets(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     buf = io.StringIO()
-    monkeypatch.setattr("sys.stdout", buf)
+    monkeypatch.setattr("sys.stderr", buf)
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", list(root.handlers))  # restored after the test
     monkeypatch.setattr(root, "level", root.level)
