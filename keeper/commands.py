@@ -61,23 +61,11 @@ def _demo_done(dry_run: bool, patience: int = 5):
     return done
 
 
-async def _arbitrageur(dn, stop: asyncio.Event, period_s: float = 0.5) -> None:
-    """Devnet searchers: pull Uniswap pools back to the oracle after the keeper's sales move them."""
-    from keeper.devnet.uniswap import align_pools
-
-    while not stop.is_set():
-        await align_pools(dn.rpc, dn.deployment, dn.uniswap, tolerance_bps=10)
-        try:
-            await asyncio.wait_for(stop.wait(), period_s)
-        except TimeoutError:
-            pass
-
-
 async def demo(settings: Settings, *, borrowers: int, shock: tuple[str, str], dry_run: bool,
                execution: str, timeout_s: float) -> int:
     from keeper.devnet.seed import shock as do_shock
     from keeper.devnet.stack import KEEPER_ADDRESS, launch
-    from keeper.devnet.uniswap import align_pools
+    from keeper.devnet.uniswap import align_pools, arbitrage_loop
 
     asset, pct = shock[0].upper(), Decimal(shock[1])
     out.print(f"[bold]demo[/]: starting a devnet with {borrowers} borrowers (Aave V3.6 on Anvil)…")
@@ -94,7 +82,8 @@ async def demo(settings: Settings, *, borrowers: int, shock: tuple[str, str], dr
         out.print(f"keeper: {execution} mode{' (dry run)' if dry_run else ''}, wallet {KEEPER_ADDRESS}")
         app = App(keeper_settings)
         async with asyncio.TaskGroup() as tg:
-            arb = None if dry_run else tg.create_task(_arbitrageur(dn, app.stop_event))
+            arb = None if dry_run else tg.create_task(
+                arbitrage_loop(dn.rpc, dn.deployment, dn.uniswap, app.stop_event))
             try:
                 reports = await asyncio.wait_for(app.run(until=_demo_done(dry_run)), timeout_s)
             finally:

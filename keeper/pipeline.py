@@ -42,6 +42,7 @@ class CycleReport:
     sent: list[str] = field(default_factory=list)  # tx hashes
     dry_run: list[SimResult] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
+    skipped_users: dict[Address, str] = field(default_factory=dict)  # borrower -> reason
     profit_base: int = 0
     gas_spent_wei: int = 0
     opportunities: list[tuple[Opportunity, SimResult]] = field(default_factory=list)
@@ -50,8 +51,9 @@ class CycleReport:
     reverted: int = 0
     gas_used: int = 0
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str, user: Address) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self.skipped_users[user] = reason
 
 
 def native_asset(market: Market, override: str | None = None) -> Address | None:
@@ -190,7 +192,7 @@ class Pipeline:
         return _Quote(c, out, path, profit(c.inputs, c.outcome, costs, swap_out_debt=out))
 
     def _skip(self, report: CycleReport, reason: str, user: Address, **kv: object) -> None:
-        report.skip(reason)
+        report.skip(reason, user)
         self.metrics.skipped.labels(reason=reason).inc()
         log.info("strategy.skip", borrower=user, reason=reason, **kv)
 

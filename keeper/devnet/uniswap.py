@@ -20,6 +20,8 @@ wants the pools at the new price should deploy them after the shock (or swap the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -325,3 +327,12 @@ async def align_pools(rpc: RpcClient, d: Deployment, uni: UniswapDeployment, *,
         moved += 1
     log.info("devnet.pools_aligned", moved=moved)
     return moved
+
+
+async def arbitrage_loop(rpc: RpcClient, d: Deployment, uni: UniswapDeployment, stop: asyncio.Event, *,
+                         period_s: float = 0.5, tolerance_bps: int = 10) -> None:
+    """Devnet searchers: pull pools back to the oracle after liquidators' sales move them."""
+    while not stop.is_set():
+        await align_pools(rpc, d, uni, tolerance_bps=tolerance_bps)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), period_s)
