@@ -146,6 +146,22 @@ def configure_logging(
     logging.getLogger("web3").setLevel(logging.WARNING)  # connect/disconnect chatter
 
 
+class _ModuleLogger:
+    """A logger that binds at call time, so module-level loggers obey `configure_logging`.
+
+    structlog freezes a logger's processors and level when it is first bound; a logger
+    bound at import (before the CLI configures logging) would keep the defaults forever.
+    """
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, method: str) -> Any:
+        return getattr(structlog.get_logger().bind(logger=self._name), method)
+
+
 def get_logger(name: str) -> Any:
     """A structlog logger carrying `logger=name`; safe to call at import time."""
-    return structlog.get_logger().bind(logger=name)
+    return _ModuleLogger(name)
