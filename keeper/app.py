@@ -9,70 +9,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
+from keeper.chain.heads import HeadWatcher
 from keeper.chain.rpc import RpcClient
 from keeper.config import Settings
 from keeper.errors import TRANSIENT_ERRORS, ConfigError, RpcError
 from keeper.exec.executor import check_executor
 from keeper.exec.sender import Sender
 from keeper.exec.signer import Signer
-from keeper.index.events import RangeSizer, backfill_borrowers
+from keeper.health.mirror_sync import MirrorSyncError
+from keeper.health.tracker import HealthTracker
+from keeper.index.indexer import BorrowerIndex, ChainMoved
+from keeper.index.store import Store
 from keeper.log import get_logger, redact_url
 from keeper.metrics import Metrics, serve, stop
 from keeper.pipeline import CycleReport, Pipeline
-from keeper.protocol.aave_v3 import ALLOWANCE, APPROVE, BALANCE_OF, UINT256_MAX, MarketReadError, discover_market
+from keeper.protocol.aave_v3 import (
+    ALLOWANCE,
+    APPROVE,
+    BALANCE_OF,
+    UINT256_MAX,
+    MarketReadError,
+    discover_market,
+)
 from keeper.sim.fork import ForkSimulator
 from keeper.types import Address, Market
 
 log = get_logger(__name__)
 
 SHUTDOWN_STEP_TIMEOUT_S = 10.0
-
-
-@dataclass
-class Heads:
-    """Newest-head-only hand-off: a slower consumer skips blocks, it never queues them."""
-
-    latest: int = -1
-    skipped: int = 0
-    _event: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def publish(self, block: int) -> None:
-        if block > self.latest:
-            self.latest = block
-            self._event.set()
-
-    async def next(self, after: int, timeout_s: float) -> int | None:
-        if self.latest <= after:
-            self._event.clear()
-            try:
-                await asyncio.wait_for(self._event.wait(), timeout_s)
-            except TimeoutError:
-                return None
-        if self.latest > after + 1 and after >= 0:
-            self.skipped += self.latest - after - 1
-        return self.latest if self.latest > after else None
-
-
-class BorrowerSet:
-    """Borrowers seen in Borrow events, extended block by block (in memory)."""
-
-    def __init__(self, rpc: RpcClient, pool: Address, start_block: int, max_range: int) -> None:
-        self.rpc, self.pool = rpc, pool
-        self.next_block = start_block
-        self.sizer = RangeSizer(max_range=max_range)
-        self.borrowers: set[Address] = set()
-
-    async def advance(self, head: int) -> set[Address]:
-        if head >= self.next_block:
-            new = await backfill_borrowers(self.rpc, self.pool, self.next_block, head, self.sizer)
-            if new - self.borrowers:
-                log.info("index.borrowers_added", count=len(new - self.borrowers), block=head)
-            self.borrowers |= new
-            self.next_block = head + 1
-        return self.borrowers
 
 
 async def connect(settings: Settings, metrics: Metrics) -> tuple[RpcClient, int]:
@@ -98,7 +66,6 @@ class App:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.stop_event = asyncio.Event()
-        self.heads = Heads()
         self.reports: list[CycleReport] = []
 
     def request_stop(self) -> None:
@@ -121,22 +88,38 @@ class App:
             log.info("app.start", chain_id=chain_id, pool=market.pool, reserves=len(market.reserves),
                      keeper=signer.address, dry_run=s.dry_run, execution=s.execution,
                      settings=s.redacted())
-            async with ForkSimulator(s.rpc_url, s.anvil_path) as simulator:
-                pipeline = Pipeline(rpc=rpc, market=market, settings=s, metrics=self.metrics,
-                                    simulator=simulator, keeper=signer.address, sender=sender)
-                index = BorrowerSet(rpc, market.pool, s.start_block, s.getlogs_max_range)
-                await self._supervise(rpc, pipeline, index, until, install_signals)
+            async with await Store.open(s.db_path) as store, \
+                    ForkSimulator(s.rpc_url, s.anvil_path) as simulator:
+                stages = await self._build(rpc, market, store, simulator, signer.address, sender)
+                await self._supervise(stages, until, install_signals)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(rpc.close(), SHUTDOWN_STEP_TIMEOUT_S)
         return self.reports
 
+    async def _build(self, rpc: RpcClient, market: Market, store: Store, simulator: ForkSimulator,
+                     keeper: Address, sender: Sender | None) -> _Stages:
+        s, m = self.settings, self.metrics
+        index = BorrowerIndex(rpc, store, market.pool, start_block=s.start_block,
+                              confirmations=s.index_confirmations, max_range=s.getlogs_max_range)
+        started = await index.start()
+        m.indexed_block.set(started.block)
+        tracker = HealthTracker(rpc, market, source=s.health_source, batch_size=s.multicall_batch_size,
+                                gas_per_batch=s.multicall_gas)
+        await tracker.start(index.borrowers(), started.block)
+        watcher = HeadWatcher(rpc, ws_url=s.ws_url, stall_timeout_s=s.heads_stall_timeout_s,
+                              poll_interval_s=s.poll_interval_s,
+                              on_reconnect=lambda reason: m.reconnects.labels(reason=reason).inc())
+        pipeline = Pipeline(rpc=rpc, market=market, settings=s, metrics=m, simulator=simulator,
+                            keeper=keeper, sender=sender)
+        return _Stages(watcher, index, tracker, pipeline, started.block)
+
     def _signer(self, chain_id: int) -> Signer:
         self.settings.require("private_key")
         return Signer(self.settings.private_key, chain_id)
 
-    async def _supervise(self, rpc: RpcClient, pipeline: Pipeline, index: BorrowerSet,
-                         until: Callable[[CycleReport], bool] | None, install_signals: bool) -> None:
+    async def _supervise(self, stages: _Stages, until: Callable[[CycleReport], bool] | None,
+                         install_signals: bool) -> None:
         loop = asyncio.get_running_loop()
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -148,8 +131,8 @@ class App:
         self.metrics.up.set(1)
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._poll_heads(rpc))
-                tg.create_task(self._work(pipeline, index, until))
+                tg.create_task(self._until_stopped(stages.watcher.run()))
+                tg.create_task(self._work(stages, until))
         finally:
             self.metrics.up.set(0)
             if install_signals:
@@ -157,51 +140,66 @@ class App:
                     loop.remove_signal_handler(sig)
             if runner is not None:
                 await stop(runner, SHUTDOWN_STEP_TIMEOUT_S)
-            log.info("app.stopped", cycles=len(self.reports), skipped_heads=self.heads.skipped)
+            log.info("app.stopped", cycles=len(self.reports), skipped_heads=stages.watcher.slot.skipped)
 
-    async def _poll_heads(self, rpc: RpcClient) -> None:
-        delay = self.settings.poll_interval_s
-        while not self.stop_event.is_set():
-            try:
-                head = await rpc.block_number()
-                self.heads.publish(head)
-                self.metrics.head_block.set(head)
-                delay = self.settings.poll_interval_s
-            except TRANSIENT_ERRORS as e:
-                delay = min(delay * 2, 30.0)
-                log.warning("heads.poll_failed", error=type(e).__name__, retry_in_s=delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), delay)
+    async def _until_stopped(self, forever: Coroutine[Any, Any, None]) -> None:
+        """Run a task that never ends on its own (the head watcher) until shutdown."""
+        task = asyncio.ensure_future(forever)
+        stopper = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (task, stopper):
+                t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.gather(task, stopper, return_exceptions=True),
+                                       SHUTDOWN_STEP_TIMEOUT_S)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()
 
-    async def _work(self, pipeline: Pipeline, index: BorrowerSet,
-                    until: Callable[[CycleReport], bool] | None) -> None:
-        last = -1
+    async def _work(self, st: _Stages, until: Callable[[CycleReport], bool] | None) -> None:
+        last = st.start_block - 1  # the head the index started at is the first to act on
         backoff = 0.5
         while not self.stop_event.is_set():
-            head = await self.heads.next(last, timeout_s=self.settings.poll_interval_s * 5)
+            head = await st.watcher.slot.next(after=last, timeout=self.settings.poll_interval_s * 5)
             if head is None:
                 continue
+            self.metrics.head_block.set(head.number)
             try:
                 with self.metrics.cycle_seconds.time():
-                    borrowers = sorted(await index.advance(head))
-                    report = await pipeline.run(head, borrowers)
-                self.metrics.indexed_block.set(head)
+                    update = await st.index.advance(head)
+                    view = await st.tracker.update(head.number, added=update.new_borrowers,
+                                                   removed=update.removed_borrowers,
+                                                   reorg=update.fork_point is not None)
+                    report = await st.pipeline.run(view)
+                self.metrics.indexed_block.set(update.block)
+                self.metrics.heads_skipped.set(st.watcher.slot.skipped)
                 backoff = 0.5
-            except (*TRANSIENT_ERRORS, MarketReadError) as e:
+            except (*TRANSIENT_ERRORS, MarketReadError, ChainMoved, MirrorSyncError) as e:
                 # Skip this block rather than act on a partial view; the next head retries.
-                log.warning("cycle.skipped", block=head, error=str(e), retry_in_s=backoff)
+                log.warning("cycle.skipped", block=head.number, error=str(e), retry_in_s=backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop_event.wait(), backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
             # Our own transactions changed the state: never decide again on a view older than them.
-            last = max(head, report.included_through - 1)
+            last = max(head.number, report.included_through - 1)
             self.reports.append(report)
-            log.info("cycle.done", block=head, borrowers=report.borrowers, liquidatable=report.liquidatable,
-                     simulated=report.simulated, sent=len(report.sent), dry_run=len(report.dry_run),
-                     skipped=report.skipped or None)
+            log.info("cycle.done", block=head.number, borrowers=report.borrowers,
+                     liquidatable=report.liquidatable, checked_on_chain=view.checked_on_chain,
+                     drift=view.drift, simulated=report.simulated, sent=len(report.sent),
+                     dry_run=len(report.dry_run), skipped=report.skipped or None)
             if until is not None and until(report):
                 self.request_stop()
+
+
+@dataclass(frozen=True, slots=True)
+class _Stages:
+    watcher: HeadWatcher
+    index: BorrowerIndex
+    tracker: HealthTracker
+    pipeline: Pipeline
+    start_block: int
 
 
 async def check_flash_setup(rpc: RpcClient, s: Settings, market: Market, owner: Address) -> None:

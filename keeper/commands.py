@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import tempfile
 from decimal import Decimal
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -70,6 +73,7 @@ async def demo(settings: Settings, *, borrowers: int, shock: tuple[str, str], dr
     asset, pct = shock[0].upper(), Decimal(shock[1])
     out.print(f"[bold]demo[/]: starting a devnet with {borrowers} borrowers (Aave V3.6 on Anvil)…")
     dn = await launch(borrowers=borrowers, anvil_binary=settings.anvil_path)
+    workdir = tempfile.mkdtemp(prefix="keeper-demo-")  # the demo's index lives and dies with its chain
     try:
         out.print(f"market deployed in {dn.timings['deploy_s']:.2f}s, seeded in {dn.timings['seeding_s']:.2f}s")
         old, new = await do_shock(dn.rpc, dn.deployment, asset, pct)
@@ -78,7 +82,8 @@ async def demo(settings: Settings, *, borrowers: int, shock: tuple[str, str], dr
                   f"{moved} Uniswap pools arbitraged to the new price")
         env = {k.removeprefix("KEEPER_").lower(): v for k, v in dn.keeper_env().items()}
         keeper_settings = load_settings(**{**settings.model_dump(exclude={"private_key"}), **env,
-                                           "dry_run": dry_run, "execution": execution, "poll_interval_s": 0.2})
+                                           "dry_run": dry_run, "execution": execution, "poll_interval_s": 0.2,
+                                           "db_path": Path(workdir) / "keeper.db"})
         out.print(f"keeper: {execution} mode{' (dry run)' if dry_run else ''}, wallet {KEEPER_ADDRESS}")
         app = App(keeper_settings)
         async with asyncio.TaskGroup() as tg:
@@ -94,6 +99,7 @@ async def demo(settings: Settings, *, borrowers: int, shock: tuple[str, str], dr
         return 0 if remaining == 0 or dry_run else 1
     finally:
         await dn.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _summary(reports: list[CycleReport], dry_run: bool) -> None:

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     multicall_gas: int = Field(50_000_000, ge=1_000_000)
     getlogs_max_range: int = Field(10_000, ge=1)
     poll_interval_s: float = Field(1.0, gt=0, description="head polling period without a websocket")
+    heads_stall_timeout_s: float = Field(30.0, gt=0, description="reconnect the websocket after this silence")
+    index_confirmations: int = Field(12, ge=0, description="blocks behind head that getLogs pages stop at")
+    health_source: Literal["mirror", "chain"] = "mirror"
 
     # local tooling and ops
     anvil_path: Path = DEFAULT_ANVIL

@@ -53,6 +53,12 @@ class Metrics:
         self.wallet_balance_wei = Gauge(
             "keeper_wallet_balance_wei", "Native balance of the keeper account", registry=r
         )
+        self.heads_skipped = Gauge(
+            "keeper_heads_skipped", "Heads dropped because a newer one arrived mid-cycle", registry=r
+        )
+        self.reconnects = Counter(
+            "keeper_ws_reconnects", "Websocket reconnects by reason", ["reason"], registry=r
+        )
         self.simulations = Counter(
             "keeper_simulations", "Fork simulations by result", ["result"], registry=r
         )

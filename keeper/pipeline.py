@@ -8,7 +8,6 @@ signed and sent lives in keeper/exec/sender.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
@@ -18,9 +17,10 @@ from keeper.errors import SimulationError
 from keeper.exec.fees import Fees, suggest_fees
 from keeper.exec.plan import LiquidationTx, flashloan_tx, inventory_tx
 from keeper.exec.sender import Sender
+from keeper.health.tracker import HealthView
 from keeper.log import get_logger
 from keeper.metrics import Metrics
-from keeper.protocol.aave_v3 import read_account_health, read_prices, read_reserve_positions
+from keeper.protocol.aave_v3 import read_prices, read_reserve_positions
 from keeper.protocol.uniswap_v3 import best_route
 from keeper.sim.fork import ForkSimulator
 from keeper.strategy.opportunity import Candidate, best_opportunity, evaluate_position, to_opportunity
@@ -89,18 +89,16 @@ class Pipeline:
     def dry_run(self) -> bool:
         return self.sender is None
 
-    async def run(self, block: int, borrowers: Sequence[Address]) -> CycleReport:
-        report = CycleReport(block=block, borrowers=len(borrowers))
-        healths = await read_account_health(self.rpc, self.market, borrowers, block,
-                                            batch_size=self.settings.multicall_batch_size,
-                                            gas_per_batch=self.settings.multicall_gas)
-        liquidatable = sorted((h for h in healths if h.liquidatable), key=lambda h: -h.total_debt_base)
-        report.liquidatable = len(liquidatable)
-        self.metrics.borrowers_tracked.set(sum(1 for h in healths if h.total_debt_base > 0))
-        self.metrics.borrowers_liquidatable.set(len(liquidatable))
-        if not liquidatable:
+    async def run(self, view: HealthView) -> CycleReport:
+        """Decide, simulate and send for every borrower the health stage found liquidatable."""
+        block = view.block
+        report = CycleReport(block=block, borrowers=view.tracked, liquidatable=len(view.liquidatable))
+        self.metrics.borrowers_tracked.set(view.tracked)
+        self.metrics.borrowers_liquidatable.set(len(view.liquidatable))
+        self.metrics.mirror_drift.set(view.drift)
+        if not view.liquidatable:
             return report
-        positions = await self._positions(liquidatable, block)
+        positions = await self._positions(view.liquidatable, block)
         fees = await suggest_fees(self.rpc, max_fee_gwei=self.settings.max_fee_gwei)
         await self.sim.at_block(block)
         for position in positions:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from pathlib import Path
 
 from eth_account import Account
 from eth_utils import keccak
@@ -40,7 +42,8 @@ async def _balances(dn: Devnet, holder: str) -> dict[str, int]:
 def _settings(dn: Devnet, key: str, executor: str, quoter: str, **over):
     return load_settings(rpc_url=dn.url, pool_addresses_provider=dn.deployment.pool_addresses_provider,
                          private_key=key, metrics_port=0, poll_interval_s=0.1, execution="flashloan",
-                         executor_address=executor, uniswap_quoter=quoter, **over)
+                         executor_address=executor, uniswap_quoter=quoter,
+                         db_path=Path(tempfile.mkdtemp()) / "keeper.db", **over)
 
 
 def _patient(patience: int = 6):

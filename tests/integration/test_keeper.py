@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from pathlib import Path
 from decimal import Decimal
 
 from keeper.app import App
@@ -28,7 +30,8 @@ WAD = 10**18
 def _settings(dn: Devnet, **over):
     return load_settings(**{
         "rpc_url": dn.url, "pool_addresses_provider": dn.deployment.pool_addresses_provider,
-        "private_key": KEEPER_DEV_KEY, "metrics_port": 0, "poll_interval_s": 0.1, **over})
+        "private_key": KEEPER_DEV_KEY, "metrics_port": 0, "poll_interval_s": 0.1,
+        "db_path": Path(tempfile.mkdtemp()) / "keeper.db", **over})
 
 
 def _until_settled(report: CycleReport) -> bool:

@@ -1,0 +1,96 @@
+"""Every borrower's health, current at each head: the exact mirror, confirmed on chain where it matters.
+
+Two sources, one answer:
+- `mirror`: the local mirror (keeper/health/mirror.py) recomputes every borrower from logs;
+  the tiered schedule re-reads some on chain each block, and every account the mirror calls
+  liquidatable is confirmed with getUserAccountData before anything is simulated.
+- `chain`: getUserAccountData for everyone, every block (simple, and the reference).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from keeper.chain.rpc import RpcClient
+from keeper.health import mirror_sync
+from keeper.health.mirror import HealthMirror
+from keeper.health.schedule import due
+from keeper.log import get_logger
+from keeper.protocol.aave_v3 import read_account_health
+from keeper.types import AccountHealth, Address, Market
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthView:
+    block: int
+    tracked: int  # borrowers with debt
+    liquidatable: list[AccountHealth]  # read on chain at `block`, largest debt first
+    checked_on_chain: int
+    drift: int  # accounts where the mirror disagreed with the chain at this block
+    mirror_seconds: float = 0.0
+
+
+class HealthTracker:
+    def __init__(self, rpc: RpcClient, market: Market, *, source: str = "mirror", batch_size: int = 500,
+                 gas_per_batch: int = 50_000_000) -> None:
+        self.rpc, self.market, self.source = rpc, market, source
+        self.batch_size, self.gas = batch_size, gas_per_batch
+        self.mirror: HealthMirror | None = None
+        self.borrowers: set[Address] = set()
+
+    async def start(self, borrowers: Iterable[Address], block: int) -> None:
+        self.borrowers = set(borrowers)
+        if self.source == "mirror":
+            self.mirror = await mirror_sync.bootstrap(self.rpc, self.market, sorted(self.borrowers), block,
+                                                      batch_size=self.batch_size)
+
+    async def update(self, block: int, *, added: Iterable[Address] = (), removed: Iterable[Address] = (),
+                     reorg: bool = False) -> HealthView:
+        added, removed = set(added), set(removed)
+        self.borrowers = (self.borrowers | added) - removed
+        if self.mirror is None:
+            return await self._all_on_chain(block)
+        t0 = time.monotonic()
+        if reorg or block < self.mirror.block:
+            # The mirror is not reorg-aware: rebuild it from the chain as it now is.
+            await self.start(self.borrowers, block)
+        else:
+            await mirror_sync.catch_up(self.rpc, self.mirror, block)
+            new = sorted(added - set(self.mirror.users))
+            await mirror_sync.refresh_users(self.rpc, self.mirror, new, block, batch_size=self.batch_size)
+        local = self.mirror.recompute(self.borrowers)
+        mirror_s = time.monotonic() - t0
+        to_read = due(block, local, self.borrowers) | {u for u, h in local.items() if h.liquidatable}
+        chain = await self._read(sorted(to_read), block)
+        drifted = [h.user for h in chain if _differs(local.get(h.user), h)]
+        if drifted:
+            log.warning("health.mirror_drift", block=block, users=len(drifted), sample=drifted[:3])
+            await mirror_sync.refresh_users(self.rpc, self.mirror, drifted, block, batch_size=self.batch_size)
+        tracked = sum(1 for h in local.values() if h.total_debt_base) + sum(
+            1 for h in chain if h.user not in local and h.total_debt_base)
+        return HealthView(block, tracked, _liquidatable(chain), len(chain),
+                          sum(1 for u in drifted if u in local), mirror_s)
+
+    async def _all_on_chain(self, block: int) -> HealthView:
+        chain = await self._read(sorted(self.borrowers), block)
+        return HealthView(block, sum(1 for h in chain if h.total_debt_base), _liquidatable(chain), len(chain), 0)
+
+    async def _read(self, users: list[Address], block: int) -> list[AccountHealth]:
+        return await read_account_health(self.rpc, self.market, users, block, batch_size=self.batch_size,
+                                         gas_per_batch=self.gas)
+
+
+def _differs(local: AccountHealth | None, chain: AccountHealth) -> bool:
+    """A mismatch in any number the pool reports; an account the mirror could not compute is not drift."""
+    if local is None:
+        return False
+    return (local.total_collateral_base, local.total_debt_base, local.health_factor_wad) != (
+        chain.total_collateral_base, chain.total_debt_base, chain.health_factor_wad)
+
+
+def _liquidatable(healths: list[AccountHealth]) -> list[AccountHealth]:
+    return sorted((h for h in healths if h.liquidatable), key=lambda h: -h.total_debt_base)
