@@ -30,6 +30,7 @@ from keeper.types import AccountHealth, Address, Market, Opportunity, Position, 
 log = get_logger(__name__)
 
 FLASH_CANDIDATES = 3  # sizings quoted on the DEX per borrower
+POSITION_CHUNK = 16  # borrowers whose per-reserve balances are read per round trip
 NATIVE_WRAPPERS = ("WETH", "WMATIC", "WPOL", "WAVAX", "WBNB", "WXDAI", "WFTM", "WS", "WMNT")
 
 
@@ -98,11 +99,13 @@ class Pipeline:
         self.metrics.mirror_drift.set(view.drift)
         if not view.liquidatable:
             return report
-        positions = await self._positions(view.liquidatable, block)
         fees = await suggest_fees(self.rpc, max_fee_gwei=self.settings.max_fee_gwei)
         await self.sim.at_block(block)
-        for position in positions:
-            await self._handle(position, fees, report)
+        # Largest debts first, read in small chunks: the first liquidation is signed after one
+        # chunk's reads, not after every liquidatable account's.
+        for start in range(0, len(view.liquidatable), POSITION_CHUNK):
+            for position in await self._positions(view.liquidatable[start : start + POSITION_CHUNK], block):
+                await self._handle(position, fees, report)
         return report
 
     async def _positions(self, healths: list[AccountHealth], block: int) -> list[Position]:
@@ -197,7 +200,9 @@ class Pipeline:
     async def _simulate(self, opp: Opportunity, plan: LiquidationTx, position: Position,
                         costs: Costs) -> SimResult:
         t0 = time.monotonic()
-        run = await self.sim.run(plan.tx, plan.watch, setup=plan.approvals)
+        # Live, the fork must see the wallet exactly as it is: a missing approval is a revert there
+        # too, not something to paper over. A dry run has made no approvals, so stand them in.
+        run = await self.sim.run(plan.tx, plan.watch, setup=plan.approvals if self.dry_run else ())
         self.metrics.sim_seconds.observe(time.monotonic() - t0)
         value = sum(
             _signed_value(delta, position.prices_base[token], self.market.reserve(token).decimals)
