@@ -34,17 +34,23 @@ async def scan(settings: Settings, *, limit: int, hf_below: Decimal) -> int:
 
     result = await do_scan(settings, hf_below_wad=int(hf_below * 10**18), limit=limit)
     unit = Decimal(result.market.base_currency_unit)
-    table = Table(title=f"Borrowers at risk at block {result.block} "
-                        f"({len(result.at_risk)} shown of {result.borrowers} borrowers)")
+    table = Table(
+        title=f"Borrowers at risk at block {result.block} "
+        f"({len(result.at_risk)} shown of {result.borrowers} borrowers)"
+    )
     for col in ("borrower", "health factor", "collateral $", "debt $", "liquidatable when", "all collateral"):
         table.add_column(col, justify="left" if col in ("borrower", "liquidatable when") else "right")
     for r in result.at_risk:
         h = r.health
         moves = ", ".join(f"{m.symbol} {m.move_bps / 100:+.2f}%" for m in r.moves[:2]) or "-"
-        table.add_row(h.user, f"{Decimal(h.health_factor_wad) / 10**18:.4f}",
-                      f"{Decimal(h.total_collateral_base) / unit:,.2f}", f"{Decimal(h.total_debt_base) / unit:,.2f}",
-                      "now" if h.liquidatable else moves,
-                      "now" if h.liquidatable else f"-{r.uniform_drop_bps / 100:.2f}%")
+        table.add_row(
+            h.user,
+            f"{Decimal(h.health_factor_wad) / 10**18:.4f}",
+            f"{Decimal(h.total_collateral_base) / unit:,.2f}",
+            f"{Decimal(h.total_debt_base) / unit:,.2f}",
+            "now" if h.liquidatable else moves,
+            "now" if h.liquidatable else f"-{r.uniform_drop_bps / 100:.2f}%",
+        )
     out.print(table)
     return 0
 
@@ -61,11 +67,19 @@ def _demo_done(dry_run: bool, patience: int = 5):
             return bool(report.dry_run) or report.simulated == 0
         idle = 0 if report.sent else idle + 1
         return idle >= patience
+
     return done
 
 
-async def demo(settings: Settings, *, borrowers: int, shock: tuple[str, str], dry_run: bool,
-               execution: str, timeout_s: float) -> int:
+async def demo(
+    settings: Settings,
+    *,
+    borrowers: int,
+    shock: tuple[str, str],
+    dry_run: bool,
+    execution: str,
+    timeout_s: float,
+) -> int:
     from keeper.devnet.seed import shock as do_shock
     from keeper.devnet.stack import KEEPER_ADDRESS, launch
     from keeper.devnet.uniswap import align_pools, arbitrage_loop
@@ -75,20 +89,34 @@ async def demo(settings: Settings, *, borrowers: int, shock: tuple[str, str], dr
     dn = await launch(borrowers=borrowers, anvil_binary=settings.anvil_path)
     workdir = tempfile.mkdtemp(prefix="keeper-demo-")  # the demo's index lives and dies with its chain
     try:
-        out.print(f"market deployed in {dn.timings['deploy_s']:.2f}s, seeded in {dn.timings['seeding_s']:.2f}s")
+        out.print(
+            f"market deployed in {dn.timings['deploy_s']:.2f}s, seeded in {dn.timings['seeding_s']:.2f}s"
+        )
         old, new = await do_shock(dn.rpc, dn.deployment, asset, pct)
         moved = await align_pools(dn.rpc, dn.deployment, dn.uniswap)
-        out.print(f"shock: {asset} {old / 1e8:,.2f} → {new / 1e8:,.2f} USD ({pct:+}%); "
-                  f"{moved} Uniswap pools arbitraged to the new price")
+        out.print(
+            f"shock: {asset} {old / 1e8:,.2f} → {new / 1e8:,.2f} USD ({pct:+}%); "
+            f"{moved} Uniswap pools arbitraged to the new price"
+        )
         env = {k.removeprefix("KEEPER_").lower(): v for k, v in dn.keeper_env().items()}
-        keeper_settings = load_settings(**{**settings.model_dump(exclude={"private_key"}), **env,
-                                           "dry_run": dry_run, "execution": execution, "poll_interval_s": 0.2,
-                                           "db_path": Path(workdir) / "keeper.db"})
+        keeper_settings = load_settings(
+            **{
+                **settings.model_dump(exclude={"private_key"}),
+                **env,
+                "dry_run": dry_run,
+                "execution": execution,
+                "poll_interval_s": 0.2,
+                "db_path": Path(workdir) / "keeper.db",
+            }
+        )
         out.print(f"keeper: {execution} mode{' (dry run)' if dry_run else ''}, wallet {KEEPER_ADDRESS}")
         app = App(keeper_settings)
         async with asyncio.TaskGroup() as tg:
-            arb = None if dry_run else tg.create_task(
-                arbitrage_loop(dn.rpc, dn.deployment, dn.uniswap, app.stop_event))
+            arb = (
+                None
+                if dry_run
+                else tg.create_task(arbitrage_loop(dn.rpc, dn.deployment, dn.uniswap, app.stop_event))
+            )
             try:
                 reports = await asyncio.wait_for(app.run(until=_demo_done(dry_run)), timeout_s)
             finally:
@@ -114,7 +142,10 @@ def _summary(reports: list[CycleReport], dry_run: bool) -> None:
     if dry_run:
         would = sum(len(r.dry_run) for r in reports)
         table.add_row("liquidations that would be sent", str(would))
-        table.add_row("simulated profit, USD", f"{Decimal(sum(s.profit_base for r in reports for s in r.dry_run)) / 10**8:,.2f}")
+        table.add_row(
+            "simulated profit, USD",
+            f"{Decimal(sum(s.profit_base for r in reports for s in r.dry_run)) / 10**8:,.2f}",
+        )
     else:
         table.add_row("liquidations included", str(included))
         table.add_row("reverted", str(sum(r.reverted for r in reports)))
@@ -134,8 +165,13 @@ async def executor_deploy(settings: Settings) -> int:
     settings.require("private_key", "uniswap_router")
     rpc, _ = await connect(settings, Metrics())
     try:
-        address = await deploy_executor(rpc, settings.private_key, settings.pool_addresses_provider,
-                                        settings.uniswap_router, poll_interval=min(1.0, settings.poll_interval_s))
+        address = await deploy_executor(
+            rpc,
+            settings.private_key,
+            settings.pool_addresses_provider,
+            settings.uniswap_router,
+            poll_interval=min(1.0, settings.poll_interval_s),
+        )
     finally:
         await rpc.close()
     log.info("executor.deployed", address=address)
@@ -143,17 +179,28 @@ async def executor_deploy(settings: Settings) -> int:
     return 0
 
 
-async def devnet_up(settings: Settings, *, port: int, borrowers: int, seed: int, block_time: int | None) -> int:
+async def devnet_up(
+    settings: Settings, *, port: int, borrowers: int, seed: int, block_time: int | None
+) -> int:
     from keeper.devnet import state
     from keeper.devnet.stack import launch
 
     existing = state.load(port)
     if existing and _alive(existing["pid"]):
-        raise ConfigError(f"a devnet is already running on port {port} (pid {existing['pid']}); "
-                          f"`keeper devnet down --port {port}` first")
+        raise ConfigError(
+            f"a devnet is already running on port {port} (pid {existing['pid']}); "
+            f"`keeper devnet down --port {port}` first"
+        )
     state.STATE_DIR.mkdir(exist_ok=True)
-    dn = await launch(borrowers=borrowers, seed=seed, port=port, block_time=block_time, detach=True,
-                      anvil_binary=settings.anvil_path, log_path=state.STATE_DIR / f"{port}.log")
+    dn = await launch(
+        borrowers=borrowers,
+        seed=seed,
+        port=port,
+        block_time=block_time,
+        detach=True,
+        anvil_binary=settings.anvil_path,
+        log_path=state.STATE_DIR / f"{port}.log",
+    )
     path = state.save(port, dn.anvil.pid, dn.deployment, len(dn.plans), dn.uniswap, dn.executor)
     await dn.rpc.close()  # the Anvil process stays up, detached
     log.info("devnet.up", port=port, pid=dn.anvil.pid, state=str(path))

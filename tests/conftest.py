@@ -38,7 +38,9 @@ async def _isolated(dn: Devnet) -> AsyncIterator[Devnet]:
     try:
         yield dn
     finally:
-        assert await dn.rpc.call("evm_revert", [snapshot]), "evm_revert failed: later tests would see this one"
+        assert await dn.rpc.call("evm_revert", [snapshot]), (
+            "evm_revert failed: later tests would see this one"
+        )
         # Anvil keeps its next-block base fee across a revert; put back the devnet's 1 gwei.
         await dn.rpc.call("anvil_setNextBlockBaseFeePerGas", [hex(10**9)])
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -51,10 +50,24 @@ class AnvilOptions:
     extra: list[str] = field(default_factory=list)
 
     def argv(self, binary: Path, port: int) -> list[str]:
-        args = [str(binary), "--port", str(port), "--host", "127.0.0.1",
-                "--chain-id", str(self.chain_id), "--gas-limit", str(self.gas_limit),
-                "--mnemonic", DEV_MNEMONIC, "--accounts", "10", "--balance", "1000000",
-                "--silent"]
+        args = [
+            str(binary),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--chain-id",
+            str(self.chain_id),
+            "--gas-limit",
+            str(self.gas_limit),
+            "--mnemonic",
+            DEV_MNEMONIC,
+            "--accounts",
+            "10",
+            "--balance",
+            "1000000",
+            "--silent",
+        ]
         if self.block_time is not None:
             args += ["--block-time", str(self.block_time)]
         if self.fork_url:
@@ -71,8 +84,14 @@ class AnvilOptions:
 class Anvil:
     """One Anvil process. Use as an async context manager, or start()/stop()."""
 
-    def __init__(self, options: AnvilOptions | None = None, *, binary: Path | None = None,
-                 detach: bool = False, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        options: AnvilOptions | None = None,
+        *,
+        binary: Path | None = None,
+        detach: bool = False,
+        log_path: Path | None = None,
+    ) -> None:
         self.options = options or AnvilOptions()
         self.binary = Path(binary or DEFAULT_ANVIL)
         self.detach = detach  # survive this Python process (keeper devnet up)
@@ -95,16 +114,19 @@ class Anvil:
         if not self.binary.exists():
             raise AnvilError(f"anvil not found at {self.binary}: run `make setup` or set KEEPER_ANVIL_PATH")
         argv = self.options.argv(self.binary, self.port)
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        # Opening a local log file and forking are sub-millisecond; only the devnet CLI logs to a file.
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: ASYNC230
         try:
             if self.detach:
                 # asyncio kills its child processes when the loop closes; a devnet that must
                 # outlive this command is a plain Popen in its own session.
-                self._popen = subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-                                               start_new_session=True)
+                self._popen = subprocess.Popen(  # noqa: ASYNC220
+                    argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True
+                )
             else:
                 self.proc = await asyncio.create_subprocess_exec(
-                    *argv, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL)
+                    *argv, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL
+                )
         finally:
             if self.log_path:
                 out.close()

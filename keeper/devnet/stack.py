@@ -12,9 +12,9 @@ from keeper.chain.rpc import RpcClient
 from keeper.devnet.aave import ASSETS, Deployment, deploy_market
 from keeper.devnet.anvil import Anvil, AnvilOptions
 from keeper.devnet.chain import DevChain
+from keeper.devnet.seed import SEL_DEPOSIT, SEL_MINT, BorrowerPlan, Seeder, plan_borrowers
 from keeper.devnet.uniswap import UniswapDeployment, deploy_uniswap
 from keeper.exec.executor import deploy_executor
-from keeper.devnet.seed import SEL_DEPOSIT, SEL_MINT, BorrowerPlan, Seeder, plan_borrowers
 from keeper.log import get_logger
 
 log = get_logger(__name__)
@@ -57,9 +57,18 @@ class Devnet:
         await self.anvil.stop()
 
 
-async def launch(*, borrowers: int = 200, seed: int = 7, port: int = 0, block_time: int | None = None,
-                 detach: bool = False, log_path: Path | None = None, fund_keeper_usd: int = 5_000_000,
-                 anvil_binary: Path | None = None, dex_depth_usd: int = 10_000_000) -> Devnet:
+async def launch(
+    *,
+    borrowers: int = 200,
+    seed: int = 7,
+    port: int = 0,
+    block_time: int | None = None,
+    detach: bool = False,
+    log_path: Path | None = None,
+    fund_keeper_usd: int = 5_000_000,
+    anvil_binary: Path | None = None,
+    dex_depth_usd: int = 10_000_000,
+) -> Devnet:
     """Start Anvil, deploy the market, seed borrowers and fund the keeper's inventory.
 
     With `block_time`, blocks are mined on an interval like a real chain's; set-up
@@ -83,12 +92,18 @@ async def launch(*, borrowers: int = 200, seed: int = 7, port: int = 0, block_ti
         await fund_inventory(rpc, deployment, KEEPER_ADDRESS, fund_keeper_usd)
         t0 = time.monotonic()
         uniswap = await deploy_uniswap(rpc, deployment, depth_usd=dex_depth_usd)
-        executor = await deploy_executor(rpc, KEEPER_DEV_KEY, deployment.pool_addresses_provider,
-                                         uniswap.router, poll_interval=0.02)
+        executor = await deploy_executor(
+            rpc, KEEPER_DEV_KEY, deployment.pool_addresses_provider, uniswap.router, poll_interval=0.02
+        )
         timings["dex_and_executor_s"] = time.monotonic() - t0
         if block_time is not None:
             await rpc.call("evm_setIntervalMining", [int(block_time)])
-        log.info("devnet.ready", url=anvil.url, borrowers=len(plans), **{k: round(v, 2) for k, v in timings.items()})
+        log.info(
+            "devnet.ready",
+            url=anvil.url,
+            borrowers=len(plans),
+            **{k: round(v, 2) for k, v in timings.items()},
+        )
         return Devnet(anvil, deployment, plans, rpc, uniswap, executor, timings)
     except BaseException:
         await rpc.close()
@@ -107,7 +122,9 @@ async def fund_inventory(rpc: RpcClient, d: Deployment, holder: str, usd_each: i
                 await rpc.call("anvil_setBalance", [holder, hex(amount + 100 * 10**18)])
                 await _send(rpc, holder, token, SEL_DEPOSIT, value=amount)
             else:
-                await _send(rpc, d.deployer, token, SEL_MINT + encode(["address", "uint256"], [holder, amount]))
+                await _send(
+                    rpc, d.deployer, token, SEL_MINT + encode(["address", "uint256"], [holder, amount])
+                )
     finally:
         await rpc.call("anvil_stopImpersonatingAccount", [holder])
 

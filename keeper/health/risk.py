@@ -30,7 +30,9 @@ def price_moves(position: Position, reserves: dict[Address, Reserve]) -> list[Pr
         r = reserves[p.asset]
         price = position.prices_base[p.asset]
         if p.collateral_enabled and p.collateral and r.liquidation_threshold_bps:
-            weighted[p.asset] = value_base_floor(p.collateral, price, r.decimals) * r.liquidation_threshold_bps
+            weighted[p.asset] = (
+                value_base_floor(p.collateral, price, r.decimals) * r.liquidation_threshold_bps
+            )
         if p.debt:
             debts[p.asset] = value_base_floor(p.debt, price, r.decimals)
     total_w = sum(weighted.values())  # base × bps
@@ -41,8 +43,11 @@ def price_moves(position: Position, reserves: dict[Address, Reserve]) -> list[Pr
     if headroom <= 0:
         return [PriceMove(a, reserves[a].symbol, 0) for a in {**weighted, **debts}]
     # Rounded away from zero: the move must be at least this large.
-    moves = [PriceMove(a, reserves[a].symbol, -_ceil_div(headroom * BPS, w)) for a, w in weighted.items()
-             if headroom < w]  # a fall of 100% or more is no threshold
+    moves = [
+        PriceMove(a, reserves[a].symbol, -_ceil_div(headroom * BPS, w))
+        for a, w in weighted.items()
+        if headroom < w
+    ]  # a fall of 100% or more is no threshold
     moves += [PriceMove(a, reserves[a].symbol, _ceil_div(headroom, d)) for a, d in debts.items()]
     return sorted(moves, key=lambda m: abs(m.move_bps))
 

@@ -35,8 +35,15 @@ class HealthView:
 
 
 class HealthTracker:
-    def __init__(self, rpc: RpcClient, market: Market, *, source: str = "mirror", batch_size: int = 500,
-                 gas_per_batch: int = 50_000_000) -> None:
+    def __init__(
+        self,
+        rpc: RpcClient,
+        market: Market,
+        *,
+        source: str = "mirror",
+        batch_size: int = 500,
+        gas_per_batch: int = 50_000_000,
+    ) -> None:
         self.rpc, self.market, self.source = rpc, market, source
         self.batch_size, self.gas = batch_size, gas_per_batch
         self.mirror: HealthMirror | None = None
@@ -45,11 +52,18 @@ class HealthTracker:
     async def start(self, borrowers: Iterable[Address], block: int) -> None:
         self.borrowers = set(borrowers)
         if self.source == "mirror":
-            self.mirror = await mirror_sync.bootstrap(self.rpc, self.market, sorted(self.borrowers), block,
-                                                      batch_size=self.batch_size)
+            self.mirror = await mirror_sync.bootstrap(
+                self.rpc, self.market, sorted(self.borrowers), block, batch_size=self.batch_size
+            )
 
-    async def update(self, block: int, *, added: Iterable[Address] = (), removed: Iterable[Address] = (),
-                     reorg: bool = False) -> HealthView:
+    async def update(
+        self,
+        block: int,
+        *,
+        added: Iterable[Address] = (),
+        removed: Iterable[Address] = (),
+        reorg: bool = False,
+    ) -> HealthView:
         added, removed = set(added), set(removed)
         self.borrowers = (self.borrowers | added) - removed
         if self.mirror is None:
@@ -71,17 +85,22 @@ class HealthTracker:
             log.warning("health.mirror_drift", block=block, users=len(drifted), sample=drifted[:3])
             await mirror_sync.refresh_users(self.rpc, self.mirror, drifted, block, batch_size=self.batch_size)
         tracked = sum(1 for h in local.values() if h.total_debt_base) + sum(
-            1 for h in chain if h.user not in local and h.total_debt_base)
-        return HealthView(block, tracked, _liquidatable(chain), len(chain),
-                          sum(1 for u in drifted if u in local), mirror_s)
+            1 for h in chain if h.user not in local and h.total_debt_base
+        )
+        return HealthView(
+            block, tracked, _liquidatable(chain), len(chain), sum(1 for u in drifted if u in local), mirror_s
+        )
 
     async def _all_on_chain(self, block: int) -> HealthView:
         chain = await self._read(sorted(self.borrowers), block)
-        return HealthView(block, sum(1 for h in chain if h.total_debt_base), _liquidatable(chain), len(chain), 0)
+        return HealthView(
+            block, sum(1 for h in chain if h.total_debt_base), _liquidatable(chain), len(chain), 0
+        )
 
     async def _read(self, users: list[Address], block: int) -> list[AccountHealth]:
-        return await read_account_health(self.rpc, self.market, users, block, batch_size=self.batch_size,
-                                         gas_per_batch=self.gas)
+        return await read_account_health(
+            self.rpc, self.market, users, block, batch_size=self.batch_size, gas_per_batch=self.gas
+        )
 
 
 def _differs(local: AccountHealth | None, chain: AccountHealth) -> bool:
@@ -89,7 +108,10 @@ def _differs(local: AccountHealth | None, chain: AccountHealth) -> bool:
     if local is None:
         return False
     return (local.total_collateral_base, local.total_debt_base, local.health_factor_wad) != (
-        chain.total_collateral_base, chain.total_debt_base, chain.health_factor_wad)
+        chain.total_collateral_base,
+        chain.total_debt_base,
+        chain.health_factor_wad,
+    )
 
 
 def _liquidatable(healths: list[AccountHealth]) -> list[AccountHealth]:

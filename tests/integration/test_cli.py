@@ -27,8 +27,15 @@ def _env(**kv: str) -> dict[str, str]:
 
 
 async def _keeper(*args: str, env: dict[str, str], timeout_s: float = 60) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "keeper", *args, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "keeper",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
     return proc.returncode, out.decode(), err.decode()
 
@@ -42,9 +49,15 @@ def _one_clear_line(err: str) -> str:
 
 async def test_unreachable_rpc_stops_the_keeper_with_one_line(devnet: Devnet) -> None:
     url = f"http://127.0.0.1:{free_port()}/v3/secret-api-key"
-    code, _, err = await _keeper("run", env=_env(
-        KEEPER_RPC_URL=url, KEEPER_POOL_ADDRESSES_PROVIDER=devnet.deployment.pool_addresses_provider,
-        KEEPER_PRIVATE_KEY=devnet.keeper_env()["KEEPER_PRIVATE_KEY"], KEEPER_RPC_MAX_RETRIES="0"))
+    code, _, err = await _keeper(
+        "run",
+        env=_env(
+            KEEPER_RPC_URL=url,
+            KEEPER_POOL_ADDRESSES_PROVIDER=devnet.deployment.pool_addresses_provider,
+            KEEPER_PRIVATE_KEY=devnet.keeper_env()["KEEPER_PRIVATE_KEY"],
+            KEEPER_RPC_MAX_RETRIES="0",
+        ),
+    )
     assert code == 2
     line = _one_clear_line(err)
     assert "KEEPER_RPC_URL" in line and "cannot reach" in line
@@ -52,18 +65,28 @@ async def test_unreachable_rpc_stops_the_keeper_with_one_line(devnet: Devnet) ->
 
 
 async def test_provider_without_code_stops_the_keeper_with_one_line(devnet: Devnet) -> None:
-    code, _, err = await _keeper("run", env=_env(
-        KEEPER_RPC_URL=devnet.url, KEEPER_POOL_ADDRESSES_PROVIDER="0x" + "12" * 20,
-        KEEPER_PRIVATE_KEY=devnet.keeper_env()["KEEPER_PRIVATE_KEY"]))
+    code, _, err = await _keeper(
+        "run",
+        env=_env(
+            KEEPER_RPC_URL=devnet.url,
+            KEEPER_POOL_ADDRESSES_PROVIDER="0x" + "12" * 20,
+            KEEPER_PRIVATE_KEY=devnet.keeper_env()["KEEPER_PRIVATE_KEY"],
+        ),
+    )
     assert code == 2
     line = _one_clear_line(err)
     assert "KEEPER_POOL_ADDRESSES_PROVIDER" in line and "no contract" in line
 
 
 async def test_malformed_key_stops_the_keeper_without_echoing_it(devnet: Devnet) -> None:
-    code, out, err = await _keeper("run", env=_env(
-        KEEPER_RPC_URL=devnet.url, KEEPER_POOL_ADDRESSES_PROVIDER=devnet.deployment.pool_addresses_provider,
-        KEEPER_PRIVATE_KEY=BAD_KEY))
+    code, out, err = await _keeper(
+        "run",
+        env=_env(
+            KEEPER_RPC_URL=devnet.url,
+            KEEPER_POOL_ADDRESSES_PROVIDER=devnet.deployment.pool_addresses_provider,
+            KEEPER_PRIVATE_KEY=BAD_KEY,
+        ),
+    )
     assert code == 2
     line = _one_clear_line(err)
     assert "KEEPER_PRIVATE_KEY" in line
@@ -71,14 +94,20 @@ async def test_malformed_key_stops_the_keeper_without_echoing_it(devnet: Devnet)
 
 
 async def test_missing_key_is_named(devnet: Devnet) -> None:
-    code, _, err = await _keeper("run", env=_env(
-        KEEPER_RPC_URL=devnet.url, KEEPER_POOL_ADDRESSES_PROVIDER=devnet.deployment.pool_addresses_provider))
+    code, _, err = await _keeper(
+        "run",
+        env=_env(
+            KEEPER_RPC_URL=devnet.url,
+            KEEPER_POOL_ADDRESSES_PROVIDER=devnet.deployment.pool_addresses_provider,
+        ),
+    )
     assert code == 2
     assert "KEEPER_PRIVATE_KEY" in _one_clear_line(err)
 
 
 async def test_keeper_run_liquidates_a_market_it_did_not_deploy(chain: Devnet) -> None:
-    """Only an RPC URL, a provider address and a key: the daemon finds and liquidates, then stops on SIGTERM."""
+    """Given only an RPC URL, a provider address and a key, the daemon finds and liquidates,
+    then stops cleanly on SIGTERM."""
     await shock(chain.rpc, chain.deployment, "WETH", -15)
     market = await discover_market(chain.rpc, chain.deployment.pool_addresses_provider)
     users = [p.address for p in chain.plans]
@@ -86,11 +115,22 @@ async def test_keeper_run_liquidates_a_market_it_did_not_deploy(chain: Devnet) -
     victims = [h.user for h in await read_account_health(chain.rpc, market, users, block) if h.liquidatable]
     assert victims
     port = free_port()
-    env = _env(KEEPER_RPC_URL=chain.url, KEEPER_POOL_ADDRESSES_PROVIDER=market.provider,
-               KEEPER_PRIVATE_KEY=chain.keeper_env()["KEEPER_PRIVATE_KEY"], KEEPER_POLL_INTERVAL_S="0.2",
-               KEEPER_METRICS_PORT=str(port))
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "keeper", "run", env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    env = _env(
+        KEEPER_RPC_URL=chain.url,
+        KEEPER_POOL_ADDRESSES_PROVIDER=market.provider,
+        KEEPER_PRIVATE_KEY=chain.keeper_env()["KEEPER_PRIVATE_KEY"],
+        KEEPER_POLL_INTERVAL_S="0.2",
+        KEEPER_METRICS_PORT=str(port),
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "keeper",
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         for _ in range(600):  # up to 60 s
             await asyncio.sleep(0.1)

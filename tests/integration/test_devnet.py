@@ -12,6 +12,7 @@ import pytest
 
 from keeper.devnet.seed import SPECS, Seeder, plan_position, quoted_prices, shock
 from keeper.devnet.stack import KEEPER_ADDRESS, Devnet
+from keeper.errors import ExecutionReverted
 from keeper.protocol.aave_v3 import (
     BALANCE_OF,
     POOL_REVISION,
@@ -20,7 +21,6 @@ from keeper.protocol.aave_v3 import (
     encode_liquidation_call,
     read_account_health,
 )
-from keeper.errors import ExecutionReverted
 from keeper.protocol.abi import decode_revert, fn
 
 WAD = 10**18
@@ -41,8 +41,10 @@ async def _health(dn: Devnet, users: list[str]) -> dict:
 
 def _predicted_hf_wad(plan, prices: dict[str, int]) -> int:
     """HF from the plan's amounts at `prices` (interest ignored)."""
-    weighted = sum(a * prices[s] // 10 ** SPECS[s].decimals * SPECS[s].liquidation_threshold_bps
-                   for s, a in plan.collateral.items())
+    weighted = sum(
+        a * prices[s] // 10 ** SPECS[s].decimals * SPECS[s].liquidation_threshold_bps
+        for s, a in plan.collateral.items()
+    )
     debt = sum(a * prices[s] // 10 ** SPECS[s].decimals for s, a in plan.debt.items())
     return weighted * WAD // (debt * 10_000)
 
@@ -55,12 +57,23 @@ async def test_market_runs_pool_revision_10(devnet: Devnet) -> None:
 async def test_market_lists_the_five_assets_at_the_quoted_prices(devnet: Devnet) -> None:
     market = await discover_market(devnet.rpc, devnet.deployment.pool_addresses_provider)
     assert {r.symbol for r in market.reserves} == {"WETH", "WBTC", "USDC", "DAI", "LINK"}
-    prices = await devnet.rpc.eth_call(market.oracle, fn("AaveOracle", "getAssetsPrices").encode(
-        [r.asset for r in market.reserves]))
-    by_symbol = dict(zip([r.symbol for r in market.reserves],
-                         fn("AaveOracle", "getAssetsPrices").decode_one(prices), strict=True))
-    assert by_symbol == {"WBTC": 87_959_91_000000, "WETH": 2_920_50_000000, "LINK": 12_95_000000,
-                         "USDC": 1_00_000000, "DAI": 1_00_000000}
+    prices = await devnet.rpc.eth_call(
+        market.oracle, fn("AaveOracle", "getAssetsPrices").encode([r.asset for r in market.reserves])
+    )
+    by_symbol = dict(
+        zip(
+            [r.symbol for r in market.reserves],
+            fn("AaveOracle", "getAssetsPrices").decode_one(prices),
+            strict=True,
+        )
+    )
+    assert by_symbol == {
+        "WBTC": 87_959_91_000000,
+        "WETH": 2_920_50_000000,
+        "LINK": 12_95_000000,
+        "USDC": 1_00_000000,
+        "DAI": 1_00_000000,
+    }
 
 
 async def test_every_seeded_borrower_has_its_planned_position(devnet: Devnet) -> None:
@@ -71,17 +84,28 @@ async def test_every_seeded_borrower_has_its_planned_position(devnet: Devnet) ->
     calls = []
     for p in plans:
         for sym in SPECS:
-            calls.append(("eth_call", [{"to": d.a_tokens[sym], "data": "0x" + BALANCE_OF.encode(p.address).hex()},
-                                       "latest"]))
-            calls.append(("eth_call", [{"to": d.debt_tokens[sym],
-                                        "data": "0x" + BALANCE_OF.encode(p.address).hex()}, "latest"]))
+            calls.append(
+                (
+                    "eth_call",
+                    [{"to": d.a_tokens[sym], "data": "0x" + BALANCE_OF.encode(p.address).hex()}, "latest"],
+                )
+            )
+            calls.append(
+                (
+                    "eth_call",
+                    [{"to": d.debt_tokens[sym], "data": "0x" + BALANCE_OF.encode(p.address).hex()}, "latest"],
+                )
+            )
     results = iter(await devnet.rpc.batch(calls))
     for p in plans:
         for sym in SPECS:
             collateral, debt = int(next(results), 16), int(next(results), 16)
             planned_collateral, planned_debt = p.collateral.get(sym, 0), p.debt.get(sym, 0)
             # Supplied and borrowed amounts are exact; interest since seeding adds at most 1 bp.
-            assert planned_collateral <= collateral <= planned_collateral * 10_001 // 10_000 + 1, (p.address, sym)
+            assert planned_collateral <= collateral <= planned_collateral * 10_001 // 10_000 + 1, (
+                p.address,
+                sym,
+            )
             assert planned_debt <= debt <= planned_debt * 10_001 // 10_000 + 1, (p.address, sym)
     health = await _health(devnet, [p.address for p in plans])
     for p in plans:
@@ -115,8 +139,12 @@ async def test_liquidation_call_on_a_shocked_borrower_succeeds(chain: Devnet) ->
     debt_sym = next(iter(victim.debt))
     d = chain.deployment
     await _send(chain, KEEPER_ADDRESS, d.assets[debt_sym], APPROVE.encode(d.pool, UINT256_MAX))
-    receipt = await _send(chain, KEEPER_ADDRESS, d.pool, encode_liquidation_call(
-        d.assets["WETH"], d.assets[debt_sym], victim.address, UINT256_MAX))
+    receipt = await _send(
+        chain,
+        KEEPER_ADDRESS,
+        d.pool,
+        encode_liquidation_call(d.assets["WETH"], d.assets[debt_sym], victim.address, UINT256_MAX),
+    )
     assert int(receipt["status"], 16) == 1
     after = (await _health(chain, [victim.address]))[victim.address]
     assert after.total_debt_base < health[victim.address].total_debt_base
@@ -185,8 +213,13 @@ async def test_liquidation_that_would_leave_dust_reverts(bare_chain: Devnet) -> 
 
 
 def _keeper(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "keeper", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "keeper", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_devnet_up_prints_settings_and_down_leaves_no_process(tmp_path) -> None:
@@ -228,4 +261,3 @@ async def test_devnet_with_block_time_mines_on_its_own() -> None:
         assert await dn.rpc.block_number() >= first + 2
     finally:
         await dn.close()
-

@@ -27,8 +27,9 @@ async def _fresh_keeper(dn: Devnet, router: str, salt: str) -> tuple[str, str, s
     account = Account.from_key(keccak(text=f"keeper-test-wallet:{salt}"))
     await dn.rpc.call("anvil_setBalance", [account.address, hex(10 * WAD)])
     key = "0x" + account.key.hex().removeprefix("0x")
-    executor = await deploy_executor(dn.rpc, key, dn.deployment.pool_addresses_provider, router,
-                                     poll_interval=0.02)
+    executor = await deploy_executor(
+        dn.rpc, key, dn.deployment.pool_addresses_provider, router, poll_interval=0.02
+    )
     return account.address, key, executor
 
 
@@ -40,10 +41,18 @@ async def _balances(dn: Devnet, holder: str) -> dict[str, int]:
 
 
 def _settings(dn: Devnet, key: str, executor: str, quoter: str, **over):
-    return load_settings(rpc_url=dn.url, pool_addresses_provider=dn.deployment.pool_addresses_provider,
-                         private_key=key, metrics_port=0, poll_interval_s=0.1, execution="flashloan",
-                         executor_address=executor, uniswap_quoter=quoter,
-                         db_path=Path(tempfile.mkdtemp()) / "keeper.db", **over)
+    return load_settings(
+        rpc_url=dn.url,
+        pool_addresses_provider=dn.deployment.pool_addresses_provider,
+        private_key=key,
+        metrics_port=0,
+        poll_interval_s=0.1,
+        execution="flashloan",
+        executor_address=executor,
+        uniswap_quoter=quoter,
+        db_path=Path(tempfile.mkdtemp()) / "keeper.db",
+        **over,
+    )
 
 
 def _patient(patience: int = 6):
@@ -53,6 +62,7 @@ def _patient(patience: int = 6):
         nonlocal idle
         idle = 0 if report.sent else idle + 1
         return report.liquidatable == 0 or idle >= patience
+
     return done
 
 
@@ -63,8 +73,11 @@ async def test_wallet_with_only_eth_liquidates_every_shocked_position_at_a_profi
     await align_pools(chain.rpc, chain.deployment, chain.uniswap)
     market = await discover_market(chain.rpc, chain.deployment.pool_addresses_provider)
     users = [p.address for p in chain.plans]
-    victims = [h.user for h in await read_account_health(chain.rpc, market, users, await chain.rpc.block_number())
-               if h.liquidatable]
+    victims = [
+        h.user
+        for h in await read_account_health(chain.rpc, market, users, await chain.rpc.block_number())
+        if h.liquidatable
+    ]
     assert victims
     metrics = Metrics()
     app = App(_settings(chain, key, executor, chain.uniswap.quoter), metrics)
@@ -75,8 +88,10 @@ async def test_wallet_with_only_eth_liquidates_every_shocked_position_at_a_profi
             reports = await asyncio.wait_for(app.run(until=_patient(), install_signals=False), 240)
         finally:
             app.request_stop()
-    after = {h.user: h for h in await read_account_health(chain.rpc, market, victims,
-                                                          await chain.rpc.block_number())}
+    after = {
+        h.user: h
+        for h in await read_account_health(chain.rpc, market, victims, await chain.rpc.block_number())
+    }
     assert all(not h.liquidatable for h in after.values())
     assert sum(r.reverted for r in reports) <= 1  # at most one lost race with the arbitrage bot
     # Profit arrived in debt assets; the executor kept nothing.
@@ -88,7 +103,8 @@ async def test_wallet_with_only_eth_liquidates_every_shocked_position_at_a_profi
     realised = sum(r.profit_base for r in reports)
     assert realised > 0
     assert abs(realised - simulated) <= max(simulated // 100, 10**8) + sum(
-        s.profit_base for r in reports for o, s in r.opportunities if s.success and o.user not in victims)
+        s.profit_base for r in reports for o, s in r.opportunities if s.success and o.user not in victims
+    )
 
 
 async def test_a_route_too_shallow_is_skipped_before_sending(chain: Devnet) -> None:
@@ -98,8 +114,10 @@ async def test_a_route_too_shallow_is_skipped_before_sending(chain: Devnet) -> N
     address, key, executor = await _fresh_keeper(chain, shallow.router, "shallow")
     market = await discover_market(chain.rpc, chain.deployment.pool_addresses_provider)
     users = [p.address for p in chain.plans]
-    debt_before = {h.user: h.total_debt_base for h in await read_account_health(
-        chain.rpc, market, users, await chain.rpc.block_number())}
+    debt_before = {
+        h.user: h.total_debt_base
+        for h in await read_account_health(chain.rpc, market, users, await chain.rpc.block_number())
+    }
     metrics = Metrics()
     app = App(_settings(chain, key, executor, shallow.quoter), metrics)
     reports = await asyncio.wait_for(app.run(until=lambda r: True, install_signals=False), 120)
@@ -112,6 +130,10 @@ async def test_a_route_too_shallow_is_skipped_before_sending(chain: Devnet) -> N
     assert not (shallow_users & sent_for)
     assert report.reverted == 0
     assert await chain.rpc.get_transaction_count(address, "latest") == 1 + len(report.sent)
-    after = {h.user: h.total_debt_base for h in await read_account_health(
-        chain.rpc, market, sorted(shallow_users), await chain.rpc.block_number())}
+    after = {
+        h.user: h.total_debt_base
+        for h in await read_account_health(
+            chain.rpc, market, sorted(shallow_users), await chain.rpc.block_number()
+        )
+    }
     assert all(after[u] >= debt_before[u] for u in shallow_users)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from pathlib import Path
 from decimal import Decimal
+from pathlib import Path
 
 from keeper.app import App
 from keeper.config import load_settings
@@ -28,17 +28,26 @@ WAD = 10**18
 
 
 def _settings(dn: Devnet, **over):
-    return load_settings(**{
-        "rpc_url": dn.url, "pool_addresses_provider": dn.deployment.pool_addresses_provider,
-        "private_key": KEEPER_DEV_KEY, "metrics_port": 0, "poll_interval_s": 0.1,
-        "db_path": Path(tempfile.mkdtemp()) / "keeper.db", **over})
+    return load_settings(
+        **{
+            "rpc_url": dn.url,
+            "pool_addresses_provider": dn.deployment.pool_addresses_provider,
+            "private_key": KEEPER_DEV_KEY,
+            "metrics_port": 0,
+            "poll_interval_s": 0.1,
+            "db_path": Path(tempfile.mkdtemp()) / "keeper.db",
+            **over,
+        }
+    )
 
 
 def _until_settled(report: CycleReport) -> bool:
     return report.liquidatable == 0 or (not report.sent and not report.dry_run) or bool(report.dry_run)
 
 
-async def _run(dn: Devnet, *, metrics: Metrics | None = None, until=_until_settled, **over) -> list[CycleReport]:
+async def _run(
+    dn: Devnet, *, metrics: Metrics | None = None, until=_until_settled, **over
+) -> list[CycleReport]:
     app = App(_settings(dn, **over), metrics)
     return await asyncio.wait_for(app.run(until=until, install_signals=False), 180)
 
@@ -54,20 +63,36 @@ async def test_keeper_health_equals_get_user_account_data_for_every_borrower(dev
     users = [p.address for p in devnet.plans]
     block = await devnet.rpc.block_number()
     batched = await read_account_health(devnet.rpc, market, users, block, batch_size=64)
-    direct = await devnet.rpc.batch([
-        ("eth_call", [{"to": market.pool, "data": "0x" + GET_USER_ACCOUNT_DATA.encode(u).hex()}, hex(block)])
-        for u in users])
+    direct = await devnet.rpc.batch(
+        [
+            (
+                "eth_call",
+                [{"to": market.pool, "data": "0x" + GET_USER_ACCOUNT_DATA.encode(u).hex()}, hex(block)],
+            )
+            for u in users
+        ]
+    )
     positions = await read_reserve_positions(devnet.rpc, market, users, block)
     prices = await read_prices(devnet.rpc, market, block)
     for h, raw in zip(batched, direct, strict=True):
-        c, d, _, lt, ltv, hf = GET_USER_ACCOUNT_DATA.decode(bytes.fromhex(raw[2:]))
+        c, d, _, _lt, _ltv, hf = GET_USER_ACCOUNT_DATA.decode(bytes.fromhex(raw[2:]))
         assert (h.total_collateral_base, h.total_debt_base, h.health_factor_wad) == (c, d, hf)
         # And recomputed from the per-reserve balances with the ported GenericLogic, to the wei.
-        local = account_data([
-            AccountReserve(p.collateral, p.debt, prices[p.asset], market.reserve(p.asset).decimals,
-                           market.reserve(p.asset).ltv_bps, market.reserve(p.asset).liquidation_threshold_bps,
-                           p.collateral_enabled, p.debt > 0)
-            for p in positions[h.user][0]])
+        local = account_data(
+            [
+                AccountReserve(
+                    p.collateral,
+                    p.debt,
+                    prices[p.asset],
+                    market.reserve(p.asset).decimals,
+                    market.reserve(p.asset).ltv_bps,
+                    market.reserve(p.asset).liquidation_threshold_bps,
+                    p.collateral_enabled,
+                    p.debt > 0,
+                )
+                for p in positions[h.user][0]
+            ]
+        )
         assert (local.total_collateral_base, local.total_debt_base, local.hf_wad) == (c, d, hf), h.user
 
 
@@ -123,8 +148,11 @@ async def _keeper_txs_to(dn: Devnet, to: str, from_block: int) -> int:
     count = 0
     for n in range(from_block + 1, head + 1):
         block = await dn.rpc.get_block(n, True)
-        count += sum(1 for t in block["transactions"]
-                     if t["from"].lower() == KEEPER_ADDRESS.lower() and (t["to"] or "").lower() == to.lower())
+        count += sum(
+            1
+            for t in block["transactions"]
+            if t["from"].lower() == KEEPER_ADDRESS.lower() and (t["to"] or "").lower() == to.lower()
+        )
     return count
 
 

@@ -19,7 +19,9 @@ async def _trackers(dn: Devnet) -> tuple[HealthTracker, HealthTracker, int]:
     return mirror, chain, block
 
 
-async def test_mirror_tracker_finds_exactly_the_borrowers_the_chain_says_are_liquidatable(chain: Devnet) -> None:
+async def test_mirror_tracker_finds_exactly_the_borrowers_the_chain_says_are_liquidatable(
+    chain: Devnet,
+) -> None:
     mirror, everyone, _ = await _trackers(chain)
     await shock(chain.rpc, chain.deployment, "WETH", -15)
     block = await chain.rpc.block_number()
@@ -71,7 +73,7 @@ async def test_drift_that_flatters_an_account_is_caught_within_its_tier_period(c
 
 
 async def test_a_reorg_rebuilds_the_mirror_from_the_chain(chain: Devnet) -> None:
-    mirror, everyone, block = await _trackers(chain)
+    mirror, everyone, _ = await _trackers(chain)
     snapshot = await chain.rpc.call("evm_snapshot", [])
     await shock(chain.rpc, chain.deployment, "WETH", -15)
     shocked = await chain.rpc.block_number()

@@ -28,4 +28,6 @@ def test_module_level_logger_obeys_level_and_format_configured_later(monkeypatch
         structlog.reset_defaults()
     (line,) = buf.getvalue().splitlines()
     event = json.loads(line)
-    assert event["event"] == "test.shown" and event["logger"] == "keeper.early" and event["borrower"] == "0xabc"
+    assert (
+        event["event"] == "test.shown" and event["logger"] == "keeper.early" and event["borrower"] == "0xabc"
+    )
