@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--hf-below", type=Decimal, default=Decimal("1.2"))
     _settings_flags(scan)
 
+    heatmap = sub.add_parser("heatmap", help="collateral that becomes liquidatable at each price of ASSET")
+    heatmap.add_argument("asset", help="reserve symbol (e.g. WETH) or address")
+    heatmap.add_argument("--steps", type=int, default=50, help="price levels on each side of the price")
+    heatmap.add_argument("--step-bps", type=int, default=100, help="distance between levels, in bps")
+    _settings_flags(heatmap)
+
     demo = sub.add_parser("demo", help="devnet up, seed, shock, run the keeper until all are liquidated")
     demo.add_argument("--borrowers", type=int, default=200)
     demo.add_argument("--shock", nargs=2, metavar=("ASSET", "PCT"), default=("WETH", "-15"))
@@ -91,6 +97,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return await commands.run(settings)
     if args.command == "scan":
         return await commands.scan(settings, limit=args.limit, hf_below=args.hf_below)
+    if args.command == "heatmap":
+        return await commands.heatmap(settings, asset=args.asset, steps=args.steps, step_bps=args.step_bps)
     if args.command == "demo":
         return await commands.demo(settings, borrowers=args.borrowers, shock=args.shock,
                                    dry_run=args.dry_run, execution=args.execution, timeout_s=args.timeout)

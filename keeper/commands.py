@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +22,8 @@ from keeper.log import get_logger
 from keeper.pipeline import CycleReport
 
 log = get_logger(__name__)
-out = Console(highlight=False)
+# A pipe or a file gets a wide table instead of rich's 80-column default.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 async def run(settings: Settings) -> int:
@@ -52,6 +54,14 @@ async def scan(settings: Settings, *, limit: int, hf_below: Decimal) -> int:
             "now" if h.liquidatable else f"-{r.uniform_drop_bps / 100:.2f}%",
         )
     out.print(table)
+    return 0
+
+
+async def heatmap(settings: Settings, *, asset: str, steps: int, step_bps: int) -> int:
+    from keeper.heatmap_cmd import heatmap as read_heatmap
+    from keeper.heatmap_cmd import render
+
+    out.print(render(await read_heatmap(settings, asset=asset, steps=steps, step_bps=step_bps)))
     return 0
 
 

@@ -71,7 +71,9 @@ class AnvilOptions:
         if self.block_time is not None:
             args += ["--block-time", str(self.block_time)]
         if self.fork_url:
-            args += ["--fork-url", self.fork_url, "--no-rate-limit"]
+            # No storage cache: a long-running keeper re-forks every block, and each fork at a
+            # block number would otherwise leave a file under ~/.foundry/cache for ever.
+            args += ["--fork-url", self.fork_url, "--no-rate-limit", "--no-storage-caching"]
             if self.fork_block is not None:
                 args += ["--fork-block-number", str(self.fork_block)]
         if self.code_size_limit:
