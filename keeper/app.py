@@ -11,6 +11,7 @@ import contextlib
 import signal
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from keeper.chain.heads import HeadWatcher
@@ -18,7 +19,9 @@ from keeper.chain.rpc import RpcClient
 from keeper.config import Settings
 from keeper.errors import TRANSIENT_ERRORS, ConfigError, RpcError
 from keeper.exec.executor import check_executor
-from keeper.exec.sender import Sender
+from keeper.exec.relay import BundleRelay, PrivateTx
+from keeper.exec.safety import CircuitBreaker, KillSwitch, Safety
+from keeper.exec.sender import Sender, SendPolicy
 from keeper.exec.signer import Signer
 from keeper.health.mirror_sync import MirrorSyncError
 from keeper.health.tracker import HealthTracker
@@ -67,6 +70,7 @@ class App:
         self.metrics = metrics or Metrics()
         self.stop_event = asyncio.Event()
         self.reports: list[CycleReport] = []
+        self.sender: Sender | None = None  # set by run() unless dry run
 
     def request_stop(self) -> None:
         self.stop_event.set()
@@ -79,8 +83,9 @@ class App:
         try:
             market = await discover_market(rpc, s.pool_addresses_provider)
             signer = self._signer(chain_id)
-            sender = None if s.dry_run else Sender(rpc, signer, max_fee_gwei=s.max_fee_gwei,
-                                                   poll_interval_s=min(0.5, s.poll_interval_s))
+            sender = self.sender = None if s.dry_run else self._sender(rpc, signer)
+            if sender is not None:
+                await check_gas_balance(rpc, s, signer.address, self.metrics)
             if s.execution == "flashloan":
                 await check_flash_setup(rpc, s, market, signer.address)
             elif sender is not None:
@@ -93,6 +98,12 @@ class App:
                 stages = await self._build(rpc, market, store, simulator, signer.address, sender)
                 await self._supervise(stages, until, install_signals)
         finally:
+            if self.sender is not None:
+                if self.sender.registry.inflight:
+                    log.warning("exec.pending_at_shutdown", attempts=len(self.sender.registry.inflight),
+                                nonces=sorted(a.nonce for a in self.sender.registry.inflight.values()))
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.sender.close(), SHUTDOWN_STEP_TIMEOUT_S)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(rpc.close(), SHUTDOWN_STEP_TIMEOUT_S)
         return self.reports
@@ -118,6 +129,27 @@ class App:
         self.settings.require("private_key")
         return Signer(self.settings.private_key, chain_id)
 
+    def _sender(self, rpc: RpcClient, signer: Signer) -> Sender:
+        """The one Sender (and so the one nonce manager) for the keeper's key, with its safety gate."""
+        s, m = self.settings, self.metrics
+        breaker = CircuitBreaker(max_failures=s.breaker_max_failures, window_s=s.breaker_window_s,
+                                 reset_s=s.breaker_reset_s, metrics=m)
+        safety = Safety(breaker=breaker, kill_switch=KillSwitch(s.kill_switch_file, m),
+                        min_balance_wei=int(s.min_gas_balance_eth * 10**18), metrics=m)
+        private = bundles = None
+        if s.bundle_relay_url:
+            if s.relay_signing_key is None:
+                raise ConfigError("KEEPER_RELAY_SIGNING_KEY: required with KEEPER_BUNDLE_RELAY_URL")
+            bundles = BundleRelay(s.bundle_relay_url, s.relay_signing_key, timeout_s=s.rpc_timeout_s)
+            if bundles.address == signer.address:
+                raise ConfigError("KEEPER_RELAY_SIGNING_KEY: must not be the keeper's own KEEPER_PRIVATE_KEY")
+        elif s.private_tx_url:
+            private = PrivateTx(s.private_tx_url, method=s.private_tx_method, signing_key=s.relay_signing_key,
+                                timeout_s=s.rpc_timeout_s)
+        return Sender(rpc, signer, max_fee_gwei=s.max_fee_gwei, poll_interval_s=min(0.5, s.poll_interval_s),
+                      policy=SendPolicy.from_settings(s), safety=safety, metrics=m, private=private,
+                      bundles=bundles)
+
     async def _supervise(self, stages: _Stages, until: Callable[[CycleReport], bool] | None,
                          install_signals: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -133,6 +165,8 @@ class App:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._until_stopped(stages.watcher.run()))
                 tg.create_task(self._work(stages, until))
+                if stages.pipeline.sender is not None:  # follows sent transactions block by block
+                    tg.create_task(self._until_stopped(stages.pipeline.sender.run()))
         finally:
             self.metrics.up.set(0)
             if install_signals:
@@ -208,6 +242,17 @@ async def check_flash_setup(rpc: RpcClient, s: Settings, market: Market, owner: 
     await check_executor(rpc, s.executor_address, owner, expected_pool=market.pool)
     if not await rpc.get_code(s.uniswap_quoter):
         raise ConfigError(f"KEEPER_UNISWAP_QUOTER: no contract at {s.uniswap_quoter} on this chain")
+
+
+async def check_gas_balance(rpc: RpcClient, s: Settings, address: Address, metrics: Metrics) -> None:
+    """Refuse to start a sending keeper whose wallet cannot pay for gas."""
+    balance = await rpc.get_balance(address, "latest")
+    metrics.wallet_balance_wei.set(balance)
+    floor = int(s.min_gas_balance_eth * 10**18)
+    if balance < floor:
+        raise ConfigError(f"KEEPER_MIN_GAS_BALANCE_ETH: the keeper's wallet {address} holds "
+                          f"{Decimal(balance) / 10**18:f} of the native coin, below the floor "
+                          f"{s.min_gas_balance_eth}")
 
 
 async def approve_inventory(rpc: RpcClient, market: Market, sender: Sender) -> None:

@@ -73,6 +73,28 @@ class Settings(BaseSettings):
     native_asset: str | None = None
     max_fee_gwei: Decimal = Field(Decimal(500), gt=0)
 
+    # sending: fees, replacement, private submission (keeper/exec)
+    priority_fee_share_bps: int = Field(1_000, ge=0, le=10_000,
+                                        description="priority fee: this share of the profit after base fee")
+    replace_after_blocks: int = Field(3, ge=1, description="re-send at the same nonce after this many blocks")
+    fee_bump_bps: int = Field(1_250, ge=1_250, le=10_000, description="each replacement raises fees by this")
+    max_pending_blocks: int = Field(25, ge=1, description="cancel an attempt still pending after this")
+    cooldown_blocks: int = Field(3, ge=0, description="blocks a borrower is left alone after a failure")
+    inclusion_wait_s: float = Field(0.5, ge=0, description="how long a cycle waits for its own receipt")
+    private_tx_url: str | None = None
+    private_tx_method: Literal["eth_sendPrivateTransaction", "eth_sendRawTransaction"] = \
+        "eth_sendPrivateTransaction"
+    bundle_relay_url: str | None = None
+    relay_signing_key: SecretStr | None = None
+    bundle_blocks: int = Field(3, ge=1, le=25, description="blocks a bundle is offered for, then stale")
+
+    # safety
+    min_gas_balance_eth: Decimal = Field(Decimal("0.05"), ge=0)
+    breaker_max_failures: int = Field(3, ge=1)
+    breaker_window_s: float = Field(3_600.0, gt=0)
+    breaker_reset_s: float = Field(0.0, ge=0, description="0: the breaker stays open until a restart")
+    kill_switch_file: Path | None = None
+
     # RPC tuning
     rpc_timeout_s: float = Field(10.0, gt=0)
     rpc_max_retries: int = Field(4, ge=0, le=20)
@@ -93,7 +115,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    @field_validator("rpc_url")
+    @field_validator("rpc_url", "private_tx_url", "bundle_relay_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
         if v and not re.match(r"^https?://[^/\s]+", v.strip()):
@@ -113,7 +135,7 @@ class Settings(BaseSettings):
     def _checksum(cls, v: str | None) -> str | None:
         return _address(v)
 
-    @field_validator("private_key")
+    @field_validator("private_key", "relay_signing_key")
     @classmethod
     def _key(cls, v: SecretStr | None) -> SecretStr | None:
         if v is None or v.get_secret_value().strip() == "":

@@ -28,7 +28,8 @@ _RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _CYCLE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 12, 30, 60)
 _METHOD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
-LIQUIDATION_OUTCOMES = ("sent", "included", "reverted", "dry_run")
+LIQUIDATION_OUTCOMES = ("sent", "included", "reverted", "cancelled", "expired", "dropped", "dry_run")
+CANCEL_REASONS = ("lost", "gone", "timeout")
 SIM_RESULTS = ("profitable", "unprofitable", "reverted", "error")
 
 
@@ -87,7 +88,32 @@ class Metrics:
         self.sim_seconds = Histogram(
             "keeper_sim_seconds", "One fork simulation", buckets=_CYCLE_BUCKETS, registry=r
         )
+        # Sending (keeper/exec): replacement, cancellation, bundles, safety.
+        self.attempts_in_flight = Gauge(
+            "keeper_attempts_in_flight", "Liquidation attempts sent and not yet settled", registry=r
+        )
+        self.tx_replacements = Counter(
+            "keeper_tx_replacements", "Transactions re-sent at the same nonce with higher fees", registry=r
+        )
+        self.tx_cancels = Counter(
+            "keeper_tx_cancels", "Zero-value self-transfers sent to cancel an attempt, by reason",
+            ["reason"], registry=r,
+        )
+        self.bundles_sent = Counter(
+            "keeper_bundles_sent", "eth_sendBundle requests accepted by the relay", registry=r
+        )
+        self.sending_paused = Gauge(
+            "keeper_sending_paused", "1 while the kill switch file exists", registry=r
+        )
+        self.breaker_open = Gauge(
+            "keeper_breaker_open", "1 while the circuit breaker halts sending", registry=r
+        )
+        self.breaker_trips = Counter(
+            "keeper_breaker_trips", "Times the circuit breaker halted sending", registry=r
+        )
         # Known label values exist at 0 from the start, so rate() and alerts see them.
+        for reason in CANCEL_REASONS:
+            self.tx_cancels.labels(reason=reason)
         for outcome in LIQUIDATION_OUTCOMES:
             self.liquidations.labels(outcome=outcome)
         for result in SIM_RESULTS:

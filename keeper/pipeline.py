@@ -13,10 +13,10 @@ from decimal import Decimal
 
 from keeper.chain.rpc import RpcClient
 from keeper.config import Settings
-from keeper.errors import SimulationError
+from keeper.errors import ExecutionError, SimulationError
 from keeper.exec.fees import Fees, suggest_fees
 from keeper.exec.plan import LiquidationTx, flashloan_tx, inventory_tx
-from keeper.exec.sender import Sender
+from keeper.exec.sender import Intent, Outcome, Sender, SendRefused
 from keeper.health.tracker import HealthView
 from keeper.log import get_logger
 from keeper.metrics import Metrics
@@ -120,6 +120,10 @@ class Pipeline:
                      native_price_base=native_price)
 
     async def _handle(self, position: Position, fees: Fees, report: CycleReport) -> None:
+        # One attempt per borrower in flight, a cooldown after a failure, and nothing at all
+        # while paused or tripped: decided before the fork spends time on it.
+        if self.sender is not None and (why := self.sender.blocked(position.user, position.block)):
+            return self._skip(report, why, position.user)
         costs = self._costs(position, fees)
         planned = await (self._plan_flash if self.flash else self._plan_inventory)(position, costs, report)
         if planned is None:
@@ -220,6 +224,13 @@ class Pipeline:
 
     async def _execute(self, opp: Opportunity, plan: LiquidationTx, sim: SimResult, fees: Fees,
                        native_price_base: int, report: CycleReport) -> None:
+        """Hand the decided liquidation to the sender; record what it settles to.
+
+        The sender bids from the profit at stake and follows the transaction in the
+        background (replacement, cancellation); the cycle waits only `inclusion_wait_s` for
+        the receipt (on automine, enough for it). Outcomes that arrive later are counted in
+        the metrics when they arrive, not in this cycle's report.
+        """
         usd = Decimal(sim.profit_base) / self.market.base_currency_unit
         if self.sender is None:
             report.dry_run.append(sim)
@@ -228,29 +239,62 @@ class Pipeline:
                      debt=opp.debt_asset, debt_to_cover=opp.debt_to_cover, profit_usd=str(usd))
             return
         gas_limit = sim.gas_used * 13 // 10 + 20_000
-        result = await self.sender.send(plan.tx.to, plan.tx.data, gas=gas_limit, fees=fees)
+        # What the liquidation earns before gas, in wei: the bid may spend up to all of it but the floor.
+        gross_base = sim.profit_base + sim.gas_cost_wei * native_price_base // 10**18
+        profit_wei = gross_base * 10**18 // native_price_base if native_price_base else None
+        floor_wei = self.min_profit_base * 10**18 // native_price_base if native_price_base else 0
+        intent = Intent(key=opp.user, to=plan.tx.to, data=plan.tx.data, gas_limit=gas_limit,
+                        gas_estimate=sim.gas_used, profit_wei=profit_wei, floor_wei=floor_wei,
+                        block=opp.block, watch_pool=self.market.pool,
+                        ours=tuple(a for a in (self.keeper, self.executor) if a))
+        try:
+            attempt = await self.sender.submit(intent, fees)
+        except SendRefused as e:
+            return self._skip(report, e.reason, opp.user, detail=str(e))
+        except ExecutionError as e:
+            log.warning("exec.send_failed", borrower=opp.user, error=str(e))
+            return self._skip(report, "send_failed", opp.user)
+        # The simulated profit, re-priced at the fees actually bid (the report's and the realised
+        # profit's reference).
+        gas_cost_wei = sim.gas_used * attempt.bid.price_at(fees.next_base_fee)
+        priced = replace(sim, gas_cost_wei=gas_cost_wei,
+                         profit_base=gross_base - gas_cost_wei * native_price_base // 10**18)
+        for i, (o, s) in enumerate(report.opportunities):
+            if s is sim:
+                report.opportunities[i] = (o, priced)
         self.metrics.liquidations.labels(outcome="sent").inc()
-        report.sent.append(result.tx_hash)
-        report.gas_spent_wei += result.gas_cost_wei
-        self.metrics.gas_spent_wei.inc(result.gas_cost_wei)
-        if not result.included:
+        report.sent.append(attempt.tx_hash)
+
+        def realised_base(outcome: Outcome) -> int:
+            gas_delta_wei = priced.gas_cost_wei - outcome.gas_cost_wei
+            return priced.profit_base + gas_delta_wei * native_price_base // 10**18
+
+        def record(outcome: Outcome) -> None:  # exactly once per attempt, whenever it settles
+            self.metrics.add_gas_spent_wei(outcome.gas_cost_wei)
+            self.metrics.liquidations.labels(outcome=outcome.status).inc()
+            if outcome.success:
+                self.metrics.add_profit_usd(Decimal(realised_base(outcome)) / self.market.base_currency_unit)
+
+        attempt.add_done_callback(record)
+        outcome = await self.sender.settle(attempt, self.settings.inclusion_wait_s)
+        if outcome is None:
+            log.info("exec.pending", borrower=opp.user, tx=attempt.tx_hash, nonce=attempt.nonce)
             return
-        report.included_through = max(report.included_through, result.block or 0)
-        report.gas_used += result.gas_used
-        if not result.success:
+        report.gas_spent_wei += outcome.gas_cost_wei
+        if outcome.block is None:
+            return
+        report.included_through = max(report.included_through, outcome.block)
+        report.gas_used += outcome.gas_used
+        if outcome.status == "reverted":
             report.reverted += 1
-            self.metrics.liquidations.labels(outcome="reverted").inc()
-            log.warning("exec.reverted", borrower=opp.user, tx=result.tx_hash)
+            return
+        if not outcome.success:
             return
         report.included += 1
-        self.metrics.liquidations.labels(outcome="included").inc()
-        # Realised: the simulated balance change, with the gas actually paid.
-        realised = sim.profit_base + (sim.gas_cost_wei - result.gas_cost_wei) * native_price_base // 10**18
+        realised = realised_base(outcome)
         report.profit_base += realised
-        realised_usd = Decimal(realised) / self.market.base_currency_unit
-        self.metrics.profit_usd.inc(float(realised_usd))
-        log.info("exec.included", borrower=opp.user, tx=result.tx_hash, block=result.block,
-                 gas=result.gas_used, profit_usd=str(realised_usd))
+        log.info("exec.profit", borrower=opp.user, tx=outcome.tx_hash, block=outcome.block,
+                 gas=outcome.gas_used, profit_usd=str(Decimal(realised) / self.market.base_currency_unit))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,20 +1,15 @@
-"""The keeper's signing key and the one owner of its nonces.
-
-There is exactly one `Signer` per key in a process. Nonces are handed out under
-a lock from a counter that starts at the node's pending count; "nonce too low"
-re-syncs it from the node instead of guessing.
+"""The keeper's signing key. Nonces live in keeper/exec/nonces.py (one NonceManager per key,
+owned by the Sender the app builds once); this object only signs, and never shows the key.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from pydantic import SecretStr
 
-from keeper.chain.rpc import RpcClient
 from keeper.errors import ConfigError
 from keeper.log import register_secret
 
@@ -28,8 +23,6 @@ class Signer:
         except (ValueError, TypeError):
             raise ConfigError("KEEPER_PRIVATE_KEY: not a valid secp256k1 private key") from None
         self.chain_id = chain_id
-        self._lock = asyncio.Lock()
-        self._next_nonce: int | None = None
 
     @property
     def address(self) -> str:
@@ -38,24 +31,7 @@ class Signer:
     def __repr__(self) -> str:  # never show the key
         return f"Signer({self.address})"
 
-    async def next_nonce(self, rpc: RpcClient) -> int:
-        async with self._lock:
-            if self._next_nonce is None:
-                self._next_nonce = await rpc.get_transaction_count(self.address, "pending")
-            nonce = self._next_nonce
-            self._next_nonce += 1
-            return nonce
-
-    async def resync(self, rpc: RpcClient) -> None:
-        async with self._lock:
-            self._next_nonce = await rpc.get_transaction_count(self.address, "pending")
-
-    async def release(self, nonce: int) -> None:
-        """A nonce taken but never broadcast goes back, so no gap is left behind."""
-        async with self._lock:
-            if self._next_nonce == nonce + 1:
-                self._next_nonce = nonce
-
     def sign(self, tx: dict[str, Any]) -> tuple[bytes, str]:
+        """Sign an EIP-1559 (or legacy) transaction dict; returns (raw bytes, 0x tx hash)."""
         signed = self._account.sign_transaction({**tx, "chainId": self.chain_id})
         return bytes(signed.raw_transaction), "0x" + signed.hash.hex().removeprefix("0x")
