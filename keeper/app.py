@@ -56,8 +56,8 @@ async def connect(settings: Settings, metrics: Metrics) -> tuple[RpcClient, int]
         chain_id = await rpc.chain_id()
     except RpcError as e:
         await rpc.close()
-        raise ConfigError(f"KEEPER_RPC_URL: cannot reach {redact_url(settings.rpc_url)} ({type(e).__name__})") \
-            from None
+        where = redact_url(settings.rpc_url)
+        raise ConfigError(f"KEEPER_RPC_URL: cannot reach {where} ({type(e).__name__})") from None
     if settings.chain_id is not None and settings.chain_id != chain_id:
         await rpc.close()
         raise ConfigError(f"KEEPER_CHAIN_ID: expected chain {settings.chain_id}, the node is on {chain_id}")

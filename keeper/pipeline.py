@@ -20,7 +20,7 @@ from keeper.exec.sender import Intent, Outcome, Sender, SendRefused
 from keeper.health.tracker import HealthView
 from keeper.log import get_logger
 from keeper.metrics import Metrics
-from keeper.protocol.aave_v3 import read_prices, read_reserve_positions
+from keeper.protocol.aave_v3 import read_emode_bonuses, read_prices, read_reserve_positions
 from keeper.protocol.uniswap_v3 import best_route
 from keeper.sim.fork import ForkSimulator
 from keeper.strategy.opportunity import Candidate, best_opportunity, evaluate_position, to_opportunity
@@ -104,28 +104,34 @@ class Pipeline:
         # Largest debts first, read in small chunks: the first liquidation is signed after one
         # chunk's reads, not after every liquidatable account's.
         for start in range(0, len(view.liquidatable), POSITION_CHUNK):
-            for position in await self._positions(view.liquidatable[start : start + POSITION_CHUNK], block):
-                await self._handle(position, fees, report)
+            chunk = view.liquidatable[start : start + POSITION_CHUNK]
+            for position, bonuses in await self._positions(chunk, block):
+                await self._handle(position, bonuses, fees, report)
         return report
 
-    async def _positions(self, healths: list[AccountHealth], block: int) -> list[Position]:
+    async def _positions(self, healths: list[AccountHealth], block: int) -> list[tuple[Position, dict]]:
+        """Each borrower's per-reserve balances, and the eMode bonuses that apply to them."""
         users = [h.user for h in healths]
         reserves = await read_reserve_positions(self.rpc, self.market, users, block)
         prices = await read_prices(self.rpc, self.market, block)
-        return [Position(h.user, block, h, reserves[h.user][0], prices) for h in healths]
+        bonuses = await read_emode_bonuses(self.rpc, self.market, [e for _, e in reserves.values()], block)
+        return [(Position(h.user, block, h, positions, prices), bonuses.get(emode, {}))
+                for h in healths for positions, emode in (reserves[h.user],)]
 
     def _costs(self, position: Position, fees: Fees) -> Costs:
         native_price = position.prices_base.get(self.native, 0) if self.native else 0
         return Costs(gas_units=self.gas_units, gas_price_wei=fees.expected_price,
                      native_price_base=native_price)
 
-    async def _handle(self, position: Position, fees: Fees, report: CycleReport) -> None:
+    async def _handle(self, position: Position, bonuses: dict[Address, int], fees: Fees,
+                      report: CycleReport) -> None:
         # One attempt per borrower in flight, a cooldown after a failure, and nothing at all
         # while paused or tripped: decided before the fork spends time on it.
         if self.sender is not None and (why := self.sender.blocked(position.user, position.block)):
             return self._skip(report, why, position.user)
         costs = self._costs(position, fees)
-        planned = await (self._plan_flash if self.flash else self._plan_inventory)(position, costs, report)
+        plan_for = self._plan_flash if self.flash else self._plan_inventory
+        planned = await plan_for(position, costs, bonuses, report)
         if planned is None:
             return
         opp, plan = planned
@@ -147,20 +153,22 @@ class Pipeline:
         await self.sim.commit()  # what is sent next must be simulated on top of this one
         await self._execute(opp, plan, result, fees, costs.native_price_base, report)
 
-    async def _plan_inventory(self, position: Position, costs: Costs, report: CycleReport
-                              ) -> tuple[Opportunity, LiquidationTx] | None:
-        opp = best_opportunity(position, self.market.reserves, costs, min_net_profit_base=-(2**255))
+    async def _plan_inventory(self, position: Position, costs: Costs, bonuses: dict[Address, int],
+                              report: CycleReport) -> tuple[Opportunity, LiquidationTx] | None:
+        opp = best_opportunity(position, self.market.reserves, costs, bonus_overrides_bps=bonuses,
+                               min_net_profit_base=-(2**255))
         if opp is None:
             return self._skip(report, "no_liquidatable_pair", position.user)
         if opp.net_profit_base < self.min_profit_base:
             return self._skip(report, "unprofitable", position.user, predicted_base=opp.net_profit_base)
         return opp, inventory_tx(opp, self.market, self.keeper)
 
-    async def _plan_flash(self, position: Position, costs: Costs, report: CycleReport
-                          ) -> tuple[Opportunity, LiquidationTx] | None:
+    async def _plan_flash(self, position: Position, costs: Costs, bonuses: dict[Address, int],
+                          report: CycleReport) -> tuple[Opportunity, LiquidationTx] | None:
         """Price the best few sizings with real swap quotes; the oracle alone would flatter them."""
         costs = replace(costs, flash_premium_bps=self.market.flash_loan_premium_bps)
-        candidates = evaluate_position(position, self.market.reserves, costs)[:FLASH_CANDIDATES]
+        candidates = evaluate_position(position, self.market.reserves, costs,
+                                       bonus_overrides_bps=bonuses)[:FLASH_CANDIDATES]
         if not candidates:
             return self._skip(report, "no_liquidatable_pair", position.user)
         quoted = [q for c in candidates if (q := await self._quote(c, costs)) is not None]

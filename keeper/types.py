@@ -31,6 +31,7 @@ class Reserve:
     frozen: bool
     paused: bool
     price_source: Address | None = None  # Chainlink-style feed behind the oracle
+    reserve_id: int = -1  # the pool's id: its bit pair in UserConfiguration and eMode bitmaps
 
 
 @dataclass(frozen=True, slots=True)

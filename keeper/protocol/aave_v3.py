@@ -28,6 +28,8 @@ GET_USER_ACCOUNT_DATA = fn("Pool", "getUserAccountData")
 GET_USER_CONFIGURATION = fn("Pool", "getUserConfiguration")
 GET_USER_EMODE = fn("Pool", "getUserEMode")
 FLASHLOAN_PREMIUM_TOTAL = fn("Pool", "FLASHLOAN_PREMIUM_TOTAL")
+GET_EMODE_COLLATERAL_CONFIG = fn("Pool", "getEModeCategoryCollateralConfig")
+GET_EMODE_BITMAP = fn("Pool", "getEModeCategoryCollateralBitmap")
 LIQUIDATION_CALL = fn("Pool", "liquidationCall")
 POOL_REVISION = fn("Pool", "POOL_REVISION")
 # Oracle
@@ -146,7 +148,7 @@ async def _read_reserves(rpc: RpcClient, pool: Address, oracle: Address, assets:
             liquidation_protocol_fee_bps=cfg.liquidation_protocol_fee_bps,
             usage_as_collateral_enabled=cfg.liquidation_threshold_bps > 0,
             borrowing_enabled=cfg.borrowing_enabled, active=cfg.active, frozen=cfg.frozen,
-            paused=cfg.paused, price_source=source,
+            paused=cfg.paused, price_source=source, reserve_id=data[7],
         ))
     return reserves
 
@@ -190,12 +192,37 @@ async def read_reserve_positions(rpc: RpcClient, market: Market, users: Sequence
         for j, r in enumerate(market.reserves):
             coll = BALANCE_OF.decode_one(_ok(chunk[2 + 2 * j], f"aToken.balanceOf({u})"))
             debt = BALANCE_OF.decode_one(_ok(chunk[3 + 2 * j], f"debtToken.balanceOf({u})"))
-            # UserConfiguration: bit 2*id is "borrowing", bit 2*id+1 is "using as collateral";
-            # reserve ids follow getReservesList order.
-            enabled = bool((config >> (2 * j + 1)) & 1)
+            # UserConfiguration: bit 2*id is "borrowing", bit 2*id+1 is "using as collateral".
+            enabled = bool((config >> (2 * _id(r, j) + 1)) & 1)
             if coll or debt:
                 positions.append(ReservePosition(r.asset, coll, debt, enabled))
         out[u] = (tuple(positions), emode)
+    return out
+
+
+def _id(reserve: Reserve, position: int) -> int:
+    """The reserve's pool id; without one, its place in getReservesList (the same unless one was dropped)."""
+    return reserve.reserve_id if reserve.reserve_id >= 0 else position
+
+
+async def read_emode_bonuses(rpc: RpcClient, market: Market, categories: Sequence[int], block: int
+                             ) -> dict[int, dict[Address, int]]:
+    """For each eMode category: the liquidation bonus of every collateral asset it covers.
+
+    A borrower in eMode is liquidated with the category's bonus on those assets, and with
+    each reserve's own bonus on the rest.
+    """
+    ids = sorted({c for c in categories if c})
+    calls = []
+    for c in ids:
+        calls += [(market.pool, GET_EMODE_COLLATERAL_CONFIG.encode(c)),
+                  (market.pool, GET_EMODE_BITMAP.encode(c))]
+    results = await multicall(rpc, calls, block) if calls else []
+    out: dict[int, dict[Address, int]] = {}
+    for k, c in enumerate(ids):
+        _ltv, _lt, bonus = GET_EMODE_COLLATERAL_CONFIG.decode_one(_ok(results[2 * k], "eMode config"))
+        bitmap = GET_EMODE_BITMAP.decode_one(_ok(results[2 * k + 1], "eMode bitmap"))
+        out[c] = {r.asset: bonus for j, r in enumerate(market.reserves) if (bitmap >> _id(r, j)) & 1}
     return out
 
 

@@ -22,6 +22,7 @@ from keeper.protocol.aave_v3 import (
     read_prices,
     read_reserve_positions,
 )
+from keeper.protocol.abi import fn
 from keeper.protocol.math import AccountReserve, account_data
 
 WAD = 10**18
@@ -218,3 +219,47 @@ async def test_a_liquidation_that_would_leave_dust_is_never_sent(bare_chain: Dev
     assert sum(r.included for r in reports) >= 1
     left = await _debt(bare_chain, plan.address, "USDC")
     assert left == 0 or left >= 1_000 * 10**6
+
+
+async def test_emode_borrower_is_priced_with_its_category_bonus(bare_chain: Devnet) -> None:
+    """A borrower in eMode is liquidated with the category's bonus (2%), not the reserve's (5%)."""
+    d, rpc = bare_chain.deployment, bare_chain.rpc
+    admin = [fn("PoolConfigurator", "setEModeCategory").encode(2, 8500, 8800, 10200, "majors"),
+             fn("PoolConfigurator", "setAssetCollateralInEMode").encode(d.assets["WETH"], 2, True),
+             fn("PoolConfigurator", "setAssetBorrowableInEMode").encode(d.assets["USDC"], 2, True)]
+    for data in admin:
+        await _send_from(bare_chain, d.deployer, d.pool_configurator, data)
+    plan = await _open(bare_chain, 5, {"WETH": 10_000}, {"USDC": 7_500})
+    await _send_from(bare_chain, plan.address, d.pool, fn("Pool", "setUserEMode").encode(2))
+    # Borrow to 84% of the collateral: beyond the reserve's 82% LTV, within the category's 85%.
+    borrow = fn("Pool", "borrow").encode(d.assets["USDC"], 900 * 10**6, 2, 0, plan.address)
+    await _send_from(bare_chain, plan.address, d.pool, borrow)
+    await shock(rpc, d, "WETH", -6)
+    assert (await _health(bare_chain, [plan.address]))[plan.address].liquidatable
+    reports = await _run(bare_chain, until=lambda r: True)
+    ((opp, sim),) = reports[0].opportunities
+    assert sim.success and reports[0].included == 1
+    # The prediction (made with the category's bonus) is what the fork's balances say, to the wei.
+    assert sim.balance_deltas[d.assets["WETH"]] == opp.expected_collateral_seized
+    assert -sim.balance_deltas[d.assets["USDC"]] == opp.expected_debt_repaid
+    # The bonus actually paid: collateral received is 2% over the debt repaid (less the protocol fee).
+    collateral_value = sim.balance_deltas[d.assets["WETH"]] * (await _price(bare_chain, "WETH")) // 10**18
+    repaid_value = -sim.balance_deltas[d.assets["USDC"]] * 10**8 // 10**6
+    assert repaid_value * 1015 // 1000 < collateral_value < repaid_value * 1025 // 1000
+
+
+async def _send_from(dn: Devnet, sender: str, to: str, data: bytes) -> None:
+    await dn.rpc.call("anvil_impersonateAccount", [sender])
+    try:
+        tx = {"from": sender, "to": to, "data": "0x" + data.hex(), "gas": hex(1_000_000)}
+        receipt = await dn.rpc.wait_for_receipt(await dn.rpc.call("eth_sendTransaction", [tx]), timeout=30,
+                                                poll_interval=0.02)
+    finally:
+        await dn.rpc.call("anvil_stopImpersonatingAccount", [sender])
+    assert int(receipt["status"], 16) == 1, f"call to {to} reverted"
+
+
+async def _price(dn: Devnet, symbol: str) -> int:
+    from keeper.devnet.seed import get_price
+
+    return await get_price(dn.rpc, dn.deployment, symbol)
