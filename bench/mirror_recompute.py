@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from keeper.devnet.seed import set_price
 from keeper.devnet.stack import launch
-from keeper.health.mirror_sync import bootstrap, catch_up, read_account_data, reconcile
+from keeper.health.mirror_sync import bootstrap, catch_up, reconcile
 from keeper.log import configure_logging
-from keeper.protocol.aave_v3 import discover_market
+from keeper.protocol.aave_v3 import discover_market, read_account_data
 
 
 def _median_ms(fn, repeat: int) -> tuple[float, object]:

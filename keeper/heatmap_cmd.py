@@ -7,14 +7,12 @@ Read-only; needs KEEPER_RPC_URL and KEEPER_POOL_ADDRESSES_PROVIDER only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from decimal import Decimal
 
 from eth_utils import is_hex_address, to_checksum_address
 from rich.table import Table
 
 from keeper.app import connect
-from keeper.chain.multicall import multicall
 from keeper.chain.rpc import RpcClient
 from keeper.config import Settings
 from keeper.errors import ConfigError
@@ -22,21 +20,14 @@ from keeper.health.heatmap import Heatmap, Level, build_heatmap
 from keeper.index.events import RangeSizer, backfill_borrowers
 from keeper.metrics import Metrics
 from keeper.protocol.aave_v3 import (
-    GET_RESERVE_DATA,
-    MarketReadError,
     discover_market,
     read_account_health,
+    read_emode_categories,
     read_prices,
     read_reserve_positions,
 )
-from keeper.protocol.abi import fn
 from keeper.types import Address, Market, Position, Reserve
 
-EMODE_COLLATERAL_CONFIG = fn("Pool", "getEModeCategoryCollateralConfig")
-EMODE_COLLATERAL_BITMAP = fn("Pool", "getEModeCategoryCollateralBitmap")
-# read_reserve_positions sends all its calls as one JSON-RPC batch; nodes cap the body size
-# (Anvil near 5,000 calls), so users go in groups of about this many calls.
-CALLS_PER_READ = 2_000
 BAR_WIDTH = 32
 _EIGHTHS = " ▏▎▍▌▋▊▉█"
 
@@ -70,7 +61,7 @@ async def heatmap(settings: Settings, *, asset: str, steps: int = 50, step_bps: 
                                             batch_size=settings.multicall_batch_size,
                                             gas_per_batch=settings.multicall_gas)
         indebted = [h for h in healths if h.total_debt_base]
-        balances = await _read_positions(rpc, market, [h.user for h in indebted], block)
+        balances = await read_reserve_positions(rpc, market, [h.user for h in indebted], block)
         prices = await read_prices(rpc, market, block)
         thresholds = await _emode_thresholds(rpc, market, {u: e for u, (_, e) in balances.items()}, block)
         positions = [Position(h.user, block, h, balances[h.user][0], prices) for h in indebted]
@@ -82,15 +73,6 @@ async def heatmap(settings: Settings, *, asset: str, steps: int = 50, step_bps: 
         await rpc.close()
 
 
-async def _read_positions(rpc: RpcClient, market: Market, users: Sequence[Address], block: int) -> dict:
-    per_user = 2 + 2 * len(market.reserves)
-    group = max(1, CALLS_PER_READ // per_user)
-    out: dict = {}
-    for i in range(0, len(users), group):
-        out.update(await read_reserve_positions(rpc, market, users[i : i + group], block))
-    return out
-
-
 async def _emode_thresholds(rpc: RpcClient, market: Market, emodes: dict[Address, int], block: int
                             ) -> dict[Address, dict[Address, int]]:
     """user → asset → eMode liquidation threshold, for users in an eMode category.
@@ -98,25 +80,10 @@ async def _emode_thresholds(rpc: RpcClient, market: Market, emodes: dict[Address
     GenericLogic uses the category's LT for a collateral whose reserve id is set in the category's
     collateral bitmap, and the reserve's own LT otherwise.
     """
-    categories = sorted({e for e in emodes.values() if e})
-    if not categories:
-        return {}
-    calls = [(market.pool, GET_RESERVE_DATA.encode(r.asset)) for r in market.reserves]
-    for c in categories:
-        calls += [(market.pool, EMODE_COLLATERAL_CONFIG.encode(c)),
-                  (market.pool, EMODE_COLLATERAL_BITMAP.encode(c))]
-    results = await multicall(rpc, calls, block)
-    for ok, _ in results:
-        if not ok:
-            raise MarketReadError("reading eMode categories failed")
-    n = len(market.reserves)
-    ids = {r.asset: GET_RESERVE_DATA.decode_one(results[i][1])[7] for i, r in enumerate(market.reserves)}
-    per_category = {}
-    for k, c in enumerate(categories):
-        _, lt, _ = EMODE_COLLATERAL_CONFIG.decode_one(results[n + 2 * k][1])
-        bitmap = EMODE_COLLATERAL_BITMAP.decode_one(results[n + 2 * k + 1][1])
-        per_category[c] = {a: lt for a, i in ids.items() if (bitmap >> i) & 1}
-    return {u: per_category[e] for u, e in emodes.items() if e and per_category[e]}
+    categories = await read_emode_categories(rpc, market, emodes.values(), block)
+    per_category = {c: {a: cat.liquidation_threshold_bps for a in cat.collateral_assets}
+                    for c, cat in categories.items()}
+    return {u: per_category[e] for u, e in emodes.items() if e and per_category.get(e)}
 
 
 def _usd(value_base: int, unit: int) -> str:

@@ -20,7 +20,7 @@ from keeper.exec.sender import Intent, Outcome, Sender, SendRefused
 from keeper.health.tracker import HealthView
 from keeper.log import get_logger
 from keeper.metrics import Metrics
-from keeper.protocol.aave_v3 import read_emode_bonuses, read_prices, read_reserve_positions
+from keeper.protocol.aave_v3 import read_emode_categories, read_prices, read_reserve_positions
 from keeper.protocol.uniswap_v3 import best_route
 from keeper.sim.fork import ForkSimulator
 from keeper.strategy.opportunity import Candidate, best_opportunity, evaluate_position, to_opportunity
@@ -114,9 +114,14 @@ class Pipeline:
         users = [h.user for h in healths]
         reserves = await read_reserve_positions(self.rpc, self.market, users, block)
         prices = await read_prices(self.rpc, self.market, block)
-        bonuses = await read_emode_bonuses(self.rpc, self.market, [e for _, e in reserves.values()], block)
-        return [(Position(h.user, block, h, positions, prices), bonuses.get(emode, {}))
-                for h in healths for positions, emode in (reserves[h.user],)]
+        emodes = await read_emode_categories(self.rpc, self.market, [e for _, e in reserves.values()], block)
+        out = []
+        for h in healths:
+            positions, emode = reserves[h.user]
+            cat = emodes.get(emode)
+            bonuses = dict.fromkeys(cat.collateral_assets, cat.liquidation_bonus_bps) if cat else {}
+            out.append((Position(h.user, block, h, positions, prices), bonuses))
+        return out
 
     def _costs(self, position: Position, fees: Fees) -> Costs:
         native_price = position.prices_base.get(self.native, 0) if self.native else 0

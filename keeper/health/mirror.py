@@ -30,77 +30,21 @@ from eth_utils import to_checksum_address
 from keeper.errors import KeeperError
 from keeper.health import mirror_events as ev
 from keeper.log import get_logger
-from keeper.protocol.math import RAY, UINT256_MAX, WAD, ray_mul
+from keeper.protocol.math import (
+    RAY,
+    UINT256_MAX,
+    WAD,
+    a_token_balance,
+    normalized_debt_ray,
+    normalized_income_ray,
+    scaled_from_balance,
+    v_token_balance,
+)
 from keeper.types import AccountHealth, Address
 
 log = get_logger(__name__)
 
-SECONDS_PER_YEAR = 365 * 24 * 3600
 PERCENTAGE_FACTOR = 10_000
-
-
-# --- MathUtils / ReserveLogic (not in protocol/math.py) ----------------------------------------
-
-
-def linear_interest_ray(rate_ray: int, last_update_timestamp: int, timestamp: int) -> int:
-    """`MathUtils.calculateLinearInterest`: RAY + rate * dt / SECONDS_PER_YEAR (floor)."""
-    if timestamp < last_update_timestamp:
-        raise ValueError("timestamp before the reserve's last update")
-    return RAY + rate_ray * (timestamp - last_update_timestamp) // SECONDS_PER_YEAR
-
-
-def compounded_interest_ray(rate_ray: int, last_update_timestamp: int, timestamp: int) -> int:
-    """`MathUtils.calculateCompoundedInterest` (3.6): RAY + x + x·(x/2 + x·x/6), x = rate·dt/year."""
-    if timestamp < last_update_timestamp:
-        raise ValueError("timestamp before the reserve's last update")
-    exp = timestamp - last_update_timestamp
-    if exp == 0:
-        return RAY
-    x = rate_ray * exp // SECONDS_PER_YEAR
-    return RAY + x + ray_mul(x, x // 2 + ray_mul(x, x // 6))
-
-
-def normalized_income_ray(liquidity_index_ray: int, liquidity_rate_ray: int, last_update_timestamp: int,
-                          timestamp: int) -> int:
-    """`ReserveLogic.getNormalizedIncome` at `timestamp`."""
-    if timestamp == last_update_timestamp:
-        return liquidity_index_ray
-    return ray_mul(linear_interest_ray(liquidity_rate_ray, last_update_timestamp, timestamp),
-                   liquidity_index_ray)
-
-
-def normalized_debt_ray(variable_borrow_index_ray: int, variable_borrow_rate_ray: int,
-                        last_update_timestamp: int, timestamp: int) -> int:
-    """`ReserveLogic.getNormalizedDebt` at `timestamp`."""
-    if timestamp == last_update_timestamp:
-        return variable_borrow_index_ray
-    return ray_mul(compounded_interest_ray(variable_borrow_rate_ray, last_update_timestamp, timestamp),
-                   variable_borrow_index_ray)
-
-
-def a_balance(scaled: int, index_ray: int) -> int:
-    """`TokenMath.getATokenBalance` (rayMulFloor)."""
-    return scaled * index_ray // RAY
-
-
-def v_balance(scaled: int, index_ray: int) -> int:
-    """`TokenMath.getVTokenBalance` (rayMulCeil)."""
-    return -(-(scaled * index_ray) // RAY)
-
-
-def scaled_from_balance(balance: int, index_ray: int, *, debt: bool) -> int | None:
-    """The unique scaled amount whose balance at `index_ray` is `balance`, or None if none is.
-
-    balance(s) is floor(s·i/RAY) for aTokens and ceil(s·i/RAY) for debt tokens; with i >= RAY
-    consecutive s map to balances at least 1 apart, so at most one s fits:
-    the smallest s with floor(s·i/RAY) >= b is ceil(b·RAY/i); the largest with ceil(..) <= b is
-    floor(b·RAY/i).
-    """
-    if balance < 0 or index_ray < RAY:
-        return None
-    s = balance * RAY // index_ray if debt else -(-(balance * RAY) // index_ray)
-    got = v_balance(s, index_ray) if debt else a_balance(s, index_ray)
-    return s if got == balance else None
 
 
 # --- state ------------------------------------------------------------------------------------
@@ -527,7 +471,7 @@ class HealthMirror:
                      balance_increase: int, index: int, applied: Applied) -> None:
         scaled = s.v_scaled if debt else s.a_scaled
         indexes = s.v_index if debt else s.a_index
-        balance = v_balance if debt else a_balance
+        balance = v_token_balance if debt else a_token_balance
         old = scaled.get(r.id, 0)
         prev_index = indexes.get(r.id)
         if prev_index is not None and balance(old, index) - balance(old, prev_index) != balance_increase:

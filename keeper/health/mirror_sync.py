@@ -7,7 +7,6 @@ consistent state, and `catch_up(rpc, mirror, b)` leaves the mirror exactly at th
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +23,10 @@ from keeper.protocol.aave_v3 import (
     GET_RESERVE_DATA,
     GET_RESERVES_LIST,
     GET_SOURCE_OF_ASSET,
-    GET_USER_ACCOUNT_DATA,
     GET_USER_CONFIGURATION,
     GET_USER_EMODE,
     ReserveConfig,
+    read_account_data,
 )
 from keeper.protocol.abi import decode_revert, fn
 from keeper.types import AccountHealth, Address, Market
@@ -45,29 +44,10 @@ SCALED_BALANCE_OF = fn("AToken", "scaledBalanceOf")
 GET_PREVIOUS_INDEX = fn("AToken", "getPreviousIndex")
 
 MAX_EMODE_CATEGORY = 255
-# Calls per JSON-RPC request: `multicall` puts all its aggregate3 chunks in one batch POST, and nodes
-# cap the body (Anvil answers -32600 "Invalid request" above ~2 MB, i.e. ~5,000 calls).
-CALLS_PER_REQUEST = 2_000
-REQUEST_CONCURRENCY = 4
 
 
 class MirrorSyncError(KeeperError):
     """A read the mirror cannot be built or refreshed without failed."""
-
-
-async def _multicall(rpc: RpcClient, calls: Sequence[Call], block: int, *, batch_size: int = 500,
-                     calls_per_request: int = CALLS_PER_REQUEST,
-                     concurrency: int = REQUEST_CONCURRENCY) -> list[tuple[bool, bytes]]:
-    """`multicall` in requests of at most `calls_per_request` calls, `concurrency` in flight."""
-    groups = [calls[i : i + calls_per_request] for i in range(0, len(calls), calls_per_request)]
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(group: Sequence[Call]) -> list[tuple[bool, bytes]]:
-        async with gate:
-            return await multicall(rpc, group, block, batch_size=batch_size)
-
-    parts = await asyncio.gather(*(one(g) for g in groups))
-    return [r for part in parts for r in part]
 
 
 def _ok(result: tuple[bool, bytes], what: str) -> bytes:
@@ -123,7 +103,7 @@ async def load_market(rpc: RpcClient, mirror: HealthMirror, block: int, *, batch
                   (mirror.pool, EMODE_COLLATERAL_BITMAP.encode(c)),
                   (mirror.pool, EMODE_BORROWABLE_BITMAP.encode(c)),
                   (mirror.pool, EMODE_LTVZERO_BITMAP.encode(c))]
-    results = await _multicall(rpc, calls, block, batch_size=batch_size)
+    results = await multicall(rpc, calls, block, batch_size=batch_size)
     for old in [a for a in mirror.reserves if a not in assets]:  # dropped since the last load
         mirror.drop_reserve(old)
     for i, asset in enumerate(assets):
@@ -176,7 +156,7 @@ async def refresh_users(rpc: RpcClient, mirror: HealthMirror, users: Sequence[Ad
             if previous_index:
                 calls += [(r.a_token, GET_PREVIOUS_INDEX.encode(u)),
                           (r.variable_debt_token, GET_PREVIOUS_INDEX.encode(u))]
-    results = await _multicall(rpc, calls, block, batch_size=batch_size)
+    results = await multicall(rpc, calls, block, batch_size=batch_size)
     step = 4 if previous_index else 2
     for k, u in enumerate(users):
         chunk = results[k * per_user : (k + 1) * per_user]
@@ -201,7 +181,7 @@ async def refresh_prices(rpc: RpcClient, mirror: HealthMirror, assets: Iterable[
     assets = list(assets)
     if not assets:
         return
-    results = await _multicall(rpc, [(mirror.oracle, GET_ASSET_PRICE.encode(a)) for a in assets], block)
+    results = await multicall(rpc, [(mirror.oracle, GET_ASSET_PRICE.encode(a)) for a in assets], block)
     for a, res in zip(assets, results, strict=True):
         mirror.set_price(a, GET_ASSET_PRICE.decode_one(_ok(res, f"getAssetPrice({a})")))
 
@@ -298,17 +278,6 @@ class Drift:
     fields: tuple[str, ...]  # FIELDS that differ; ("unavailable",) if the mirror had no answer
     mirror: AccountHealth | None
     chain: AccountHealth
-
-
-async def read_account_data(rpc: RpcClient, pool: Address, users: Sequence[Address], block: int, *,
-                            batch_size: int = 500) -> list[AccountHealth]:
-    results = await _multicall(rpc, [(pool, GET_USER_ACCOUNT_DATA.encode(u)) for u in users], block,
-                               batch_size=batch_size)
-    out = []
-    for u, res in zip(users, results, strict=True):
-        c, d, avail, lt, ltv, hf = GET_USER_ACCOUNT_DATA.decode(_ok(res, f"getUserAccountData({u})"))
-        out.append(AccountHealth(u, block, c, d, avail, lt, ltv, hf))
-    return out
 
 
 async def reconcile(rpc: RpcClient, mirror: HealthMirror, users: Iterable[Address],

@@ -6,7 +6,7 @@ Reads are pinned to a block so one cycle sees one consistent state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from eth_utils import to_checksum_address
@@ -157,7 +157,13 @@ async def read_account_health(rpc: RpcClient, market: Market, users: Sequence[Ad
                               *, batch_size: int = 500, gas_per_batch: int = 50_000_000
                               ) -> list[AccountHealth]:
     """getUserAccountData for every user at one block. A failed read raises; it is never 'healthy'."""
-    calls = [(market.pool, GET_USER_ACCOUNT_DATA.encode(u)) for u in users]
+    return await read_account_data(rpc, market.pool, users, block, batch_size=batch_size,
+                                   gas_per_batch=gas_per_batch)
+
+
+async def read_account_data(rpc: RpcClient, pool: Address, users: Sequence[Address], block: int,
+                            *, batch_size: int = 500, gas_per_batch: int = 50_000_000) -> list[AccountHealth]:
+    calls = [(pool, GET_USER_ACCOUNT_DATA.encode(u)) for u in users]
     results = await multicall(rpc, calls, block, batch_size=batch_size, gas_per_batch=gas_per_batch)
     out = []
     for user, result in zip(users, results, strict=True):
@@ -205,12 +211,22 @@ def _id(reserve: Reserve, position: int) -> int:
     return reserve.reserve_id if reserve.reserve_id >= 0 else position
 
 
-async def read_emode_bonuses(rpc: RpcClient, market: Market, categories: Sequence[int], block: int
-                             ) -> dict[int, dict[Address, int]]:
-    """For each eMode category: the liquidation bonus of every collateral asset it covers.
+@dataclass(frozen=True, slots=True)
+class EModeCategory:
+    """An eMode category's collateral parameters and the collateral assets it covers."""
 
-    A borrower in eMode is liquidated with the category's bonus on those assets, and with
-    each reserve's own bonus on the rest.
+    ltv_bps: int
+    liquidation_threshold_bps: int
+    liquidation_bonus_bps: int
+    collateral_assets: frozenset[Address]
+
+
+async def read_emode_categories(rpc: RpcClient, market: Market, categories: Iterable[int], block: int
+                                ) -> dict[int, EModeCategory]:
+    """The given eMode categories (0, no eMode, is skipped).
+
+    A borrower in a category is valued with its threshold, and liquidated with its bonus,
+    on the collateral assets it covers; each reserve's own parameters apply to the rest.
     """
     ids = sorted({c for c in categories if c})
     calls = []
@@ -218,11 +234,12 @@ async def read_emode_bonuses(rpc: RpcClient, market: Market, categories: Sequenc
         calls += [(market.pool, GET_EMODE_COLLATERAL_CONFIG.encode(c)),
                   (market.pool, GET_EMODE_BITMAP.encode(c))]
     results = await multicall(rpc, calls, block) if calls else []
-    out: dict[int, dict[Address, int]] = {}
+    out: dict[int, EModeCategory] = {}
     for k, c in enumerate(ids):
-        _ltv, _lt, bonus = GET_EMODE_COLLATERAL_CONFIG.decode_one(_ok(results[2 * k], "eMode config"))
+        ltv, lt, bonus = GET_EMODE_COLLATERAL_CONFIG.decode_one(_ok(results[2 * k], "eMode config"))
         bitmap = GET_EMODE_BITMAP.decode_one(_ok(results[2 * k + 1], "eMode bitmap"))
-        out[c] = {r.asset: bonus for j, r in enumerate(market.reserves) if (bitmap >> _id(r, j)) & 1}
+        assets = frozenset(r.asset for j, r in enumerate(market.reserves) if (bitmap >> _id(r, j)) & 1)
+        out[c] = EModeCategory(ltv, lt, bonus, assets)
     return out
 
 

@@ -274,6 +274,62 @@ def account_data(reserves: Sequence[AccountReserve]) -> AccountData:
     return AccountData(total_collateral_base, total_debt_base, avg_ltv, avg_lt, hf, has_zero_ltv)
 
 
+# --- MathUtils / ReserveLogic: interest to a timestamp ----------------------------------------
+
+SECONDS_PER_YEAR = 365 * 24 * 3600
+
+
+def linear_interest_ray(rate_ray: int, last_update_timestamp: int, timestamp: int) -> int:
+    """`MathUtils.calculateLinearInterest`: RAY + rate * dt / SECONDS_PER_YEAR (floor)."""
+    if timestamp < last_update_timestamp:
+        raise ValueError("timestamp before the reserve's last update")
+    return RAY + rate_ray * (timestamp - last_update_timestamp) // SECONDS_PER_YEAR
+
+
+def compounded_interest_ray(rate_ray: int, last_update_timestamp: int, timestamp: int) -> int:
+    """`MathUtils.calculateCompoundedInterest` (3.6): RAY + x + x·(x/2 + x·x/6), x = rate·dt/year."""
+    if timestamp < last_update_timestamp:
+        raise ValueError("timestamp before the reserve's last update")
+    exp = timestamp - last_update_timestamp
+    if exp == 0:
+        return RAY
+    x = rate_ray * exp // SECONDS_PER_YEAR
+    return RAY + x + ray_mul(x, x // 2 + ray_mul(x, x // 6))
+
+
+def normalized_income_ray(liquidity_index_ray: int, liquidity_rate_ray: int, last_update_timestamp: int,
+                          timestamp: int) -> int:
+    """`ReserveLogic.getNormalizedIncome` at `timestamp`."""
+    if timestamp == last_update_timestamp:
+        return liquidity_index_ray
+    return ray_mul(linear_interest_ray(liquidity_rate_ray, last_update_timestamp, timestamp),
+                   liquidity_index_ray)
+
+
+def normalized_debt_ray(variable_borrow_index_ray: int, variable_borrow_rate_ray: int,
+                        last_update_timestamp: int, timestamp: int) -> int:
+    """`ReserveLogic.getNormalizedDebt` at `timestamp`."""
+    if timestamp == last_update_timestamp:
+        return variable_borrow_index_ray
+    return ray_mul(compounded_interest_ray(variable_borrow_rate_ray, last_update_timestamp, timestamp),
+                   variable_borrow_index_ray)
+
+
+def scaled_from_balance(balance: int, index_ray: int, *, debt: bool) -> int | None:
+    """The unique scaled amount whose balance at `index_ray` is `balance`, or None if none is.
+
+    balance(s) is floor(s·i/RAY) for aTokens and ceil(s·i/RAY) for debt tokens; with i >= RAY
+    consecutive s map to balances at least 1 apart, so at most one s fits:
+    the smallest s with floor(s·i/RAY) >= b is ceil(b·RAY/i); the largest with ceil(..) <= b is
+    floor(b·RAY/i).
+    """
+    if balance < 0 or index_ray < RAY:
+        return None
+    s = balance * RAY // index_ray if debt else -(-(balance * RAY) // index_ray)
+    got = v_token_balance(s, index_ray) if debt else a_token_balance(s, index_ray)
+    return s if got == balance else None
+
+
 # --- LiquidationLogic -------------------------------------------------------------------------
 
 

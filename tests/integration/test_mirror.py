@@ -27,11 +27,10 @@ from keeper.health.mirror_sync import (
     bootstrap,
     catch_up,
     fetch_logs,
-    read_account_data,
     reconcile,
     refresh_users,
 )
-from keeper.protocol.aave_v3 import GET_RESERVE_DATA, discover_market
+from keeper.protocol.aave_v3 import GET_RESERVE_DATA, discover_market, read_account_data
 from keeper.protocol.abi import fn
 from keeper.types import Market
 

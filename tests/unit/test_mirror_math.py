@@ -12,24 +12,22 @@ from eth_abi import encode
 from keeper.devnet.aave import ASSETS
 from keeper.devnet.stack import Devnet, launch
 from keeper.health import mirror_events as ev
-from keeper.health.mirror import (
+from keeper.health.mirror import EModeCategory, HealthMirror, ReserveState, UserState
+from keeper.protocol.aave_v3 import GET_RESERVE_DATA
+from keeper.protocol.abi import fn
+from keeper.protocol.math import (
     RAY,
     SECONDS_PER_YEAR,
-    EModeCategory,
-    HealthMirror,
-    ReserveState,
-    UserState,
-    a_balance,
+    AccountReserve,
+    account_data,
     compounded_interest_ray,
     linear_interest_ray,
     normalized_debt_ray,
     normalized_income_ray,
     scaled_from_balance,
-    v_balance,
 )
-from keeper.protocol.aave_v3 import GET_RESERVE_DATA
-from keeper.protocol.abi import fn
-from keeper.protocol.math import AccountReserve, account_data
+from keeper.protocol.math import a_token_balance as a_balance
+from keeper.protocol.math import v_token_balance as v_balance
 
 # --- MathUtils, by hand -----------------------------------------------------------------------
 
