@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -228,6 +229,18 @@ async def test_batch_is_one_post_with_results_in_request_order(fake_node: FakeNo
     assert out[0] == "a" and out[2] == "c" and out[3] == "d"
     assert isinstance(out[1], RpcError) and out[1].code == -32602
     assert out[1].method == "eth_getBalance"
+
+
+async def test_batch_is_split_so_no_post_exceeds_the_body_cap(fake_node: FakeNode) -> None:
+    # Nodes refuse large bodies (Anvil near 2 MB): the client cuts batches by size, not only count.
+    fake_node.script = [fake_node.batch(lambda item: {"result": item["params"][0][:4]})]
+    calls = [("echo", ["0x" + f"{i:04x}" * 250]) for i in range(40)]  # ~1 kB each
+    async with RpcClient(fake_node.url, max_batch=1000, max_batch_bytes=10_000, max_retries=0) as rpc:
+        out = await rpc.batch(calls)
+    assert out == [c[1][0][:4] for c in calls]
+    assert len(fake_node.requests) >= 4
+    assert all(len(json.dumps(r)) <= 10_000 + 1_100 for r in fake_node.requests)
+    assert sum(len(r) for r in fake_node.requests) == 40
 
 
 async def test_batch_resends_only_transiently_failed_items(fake_node: FakeNode) -> None:
