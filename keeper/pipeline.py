@@ -48,6 +48,7 @@ class CycleReport:
     gas_spent_wei: int = 0
     opportunities: list[tuple[Opportunity, SimResult]] = field(default_factory=list)
     included_through: int = 0  # newest block holding one of this cycle's transactions
+    settled: list[tuple[Opportunity, SimResult]] = field(default_factory=list)  # included, with their sims
     included: int = 0
     reverted: int = 0
     gas_used: int = 0
@@ -304,6 +305,7 @@ class Pipeline:
         if not outcome.success:
             return
         report.included += 1
+        report.settled.append((opp, priced))
         realised = realised_base(outcome)
         report.profit_base += realised
         log.info("exec.profit", borrower=opp.user, tx=outcome.tx_hash, block=outcome.block,

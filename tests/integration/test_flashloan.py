@@ -98,13 +98,17 @@ async def test_wallet_with_only_eth_liquidates_every_shocked_position_at_a_profi
     earned = await _balances(chain, address)
     assert any(v > 0 for v in earned.values())
     assert all(v == 0 for v in (await _balances(chain, executor)).values())
-    # The profit the fork predicted is the profit the wallet received (valued at the oracle).
-    simulated = sum(s.profit_base for r in reports for o, s in r.opportunities if s.success)
-    realised = sum(r.profit_base for r in reports)
-    assert realised > 0
-    assert abs(realised - simulated) <= max(simulated // 100, 10**8) + sum(
-        s.profit_base for r in reports for o, s in r.opportunities if s.success and o.user not in victims
-    )
+    # What the wallet received, token by token, is what the fork said the included liquidations
+    # would pay it: never more than 1% worse, and within 3% either way. The gap is the arbitrage
+    # bot re-pricing the pools between a simulation and its inclusion (usually in our favour).
+    settled = [s for r in reports for _, s in r.settled]
+    assert len(settled) == sum(r.included for r in reports) > 0
+    for symbol, token in chain.deployment.assets.items():
+        simulated = sum(s.balance_deltas.get(token, 0) for s in settled)
+        got = earned[symbol]
+        assert got >= simulated - abs(simulated) // 100 - 10, (symbol, got, simulated)
+        assert abs(got - simulated) <= abs(simulated) * 3 // 100 + 10, (symbol, got, simulated)
+    assert sum(r.profit_base for r in reports) > 0
 
 
 async def test_a_route_too_shallow_is_skipped_before_sending(chain: Devnet) -> None:
