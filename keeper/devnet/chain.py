@@ -12,6 +12,7 @@ from eth_utils import to_checksum_address
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.contract import AsyncContract
 
+from keeper.chain.rpc import RpcClient
 from keeper.devnet.build import Artifact
 from keeper.errors import KeeperError
 
@@ -80,3 +81,27 @@ class DevChain:
 
     async def close(self) -> None:
         await self.w3.provider.disconnect()
+
+
+async def send_as(rpc: RpcClient, sender: str, to: str | None, data: bytes, *, value: int = 0,
+                  gas: int = 1_000_000, impersonate: bool = False, require_success: bool = True,
+                  what: str | None = None) -> dict[str, Any]:
+    """Send a devnet transaction from an unlocked (or, with `impersonate`, any) account; wait for it.
+
+    With `require_success`, a reverted receipt raises DevnetTxFailed naming `what`.
+    """
+    tx = {"from": sender, "data": "0x" + data.hex(), "value": hex(value), "gas": hex(gas)}
+    if to is not None:
+        tx["to"] = to
+    if impersonate:
+        await rpc.call("anvil_impersonateAccount", [sender])
+    try:
+        tx_hash = await rpc.call("eth_sendTransaction", [tx])
+        receipt = await rpc.wait_for_receipt(tx_hash, timeout=60, poll_interval=0.02)
+    finally:
+        if impersonate:
+            await rpc.call("anvil_stopImpersonatingAccount", [sender])
+    if require_success and int(receipt["status"], 16) != 1:
+        label = what or f"call to {to} 0x{data[:4].hex()}"
+        raise DevnetTxFailed(f"{label} reverted (tx {tx_hash})")
+    return receipt

@@ -18,6 +18,7 @@ from eth_utils import keccak, to_checksum_address
 
 from keeper.chain.rpc import RpcClient
 from keeper.devnet.aave import ASSETS, Deployment
+from keeper.devnet.chain import send_as
 from keeper.errors import KeeperError, RpcError
 from keeper.log import get_logger
 
@@ -254,13 +255,9 @@ async def set_price(rpc: RpcClient, deployment: Deployment, symbol: str, price_e
                     *, sender: str | None = None) -> str:
     """Move a devnet feed; the feed emits AnswerUpdated like a Chainlink aggregator."""
     data = SEL_SET_ANSWER + encode(["int256"], [price_e8])
-    tx = {"from": sender or deployment.deployer, "to": deployment.feeds[symbol],
-          "data": "0x" + data.hex(), "gas": hex(200_000)}
-    tx_hash = await rpc.call("eth_sendTransaction", [tx])
-    receipt = await rpc.wait_for_receipt(tx_hash, timeout=60, poll_interval=0.02)
-    if int(receipt["status"], 16) != 1:
-        raise SeedError(f"setAnswer on the {symbol} feed reverted")
-    return tx_hash
+    receipt = await send_as(rpc, sender or deployment.deployer, deployment.feeds[symbol], data, gas=200_000,
+                            what=f"setAnswer on the {symbol} feed")
+    return receipt["transactionHash"]
 
 
 async def get_price(rpc: RpcClient, deployment: Deployment, symbol: str) -> int:

@@ -11,7 +11,7 @@ from eth_abi import encode
 from keeper.chain.rpc import RpcClient
 from keeper.devnet.aave import ASSETS, Deployment, deploy_market
 from keeper.devnet.anvil import Anvil, AnvilOptions
-from keeper.devnet.chain import DevChain
+from keeper.devnet.chain import DevChain, send_as
 from keeper.devnet.seed import SEL_DEPOSIT, SEL_MINT, BorrowerPlan, Seeder, plan_borrowers
 from keeper.devnet.uniswap import UniswapDeployment, deploy_uniswap
 from keeper.exec.executor import deploy_executor
@@ -120,21 +120,12 @@ async def fund_inventory(rpc: RpcClient, d: Deployment, holder: str, usd_each: i
             token = d.assets[spec.symbol]
             if spec.symbol == "WETH":
                 await rpc.call("anvil_setBalance", [holder, hex(amount + 100 * 10**18)])
-                await _send(rpc, holder, token, SEL_DEPOSIT, value=amount)
+                await send_as(rpc, holder, token, SEL_DEPOSIT, value=amount, gas=300_000)
             else:
-                await _send(
-                    rpc, d.deployer, token, SEL_MINT + encode(["address", "uint256"], [holder, amount])
-                )
+                mint = SEL_MINT + encode(["address", "uint256"], [holder, amount])
+                await send_as(rpc, d.deployer, token, mint, gas=300_000)
     finally:
         await rpc.call("anvil_stopImpersonatingAccount", [holder])
-
-
-async def _send(rpc: RpcClient, sender: str, to: str, data: bytes, value: int = 0) -> None:
-    tx = {"from": sender, "to": to, "data": "0x" + data.hex(), "value": hex(value), "gas": hex(300_000)}
-    tx_hash = await rpc.call("eth_sendTransaction", [tx])
-    receipt = await rpc.wait_for_receipt(tx_hash, timeout=30, poll_interval=0.05)
-    if int(receipt["status"], 16) != 1:
-        raise RuntimeError(f"devnet funding tx to {to} reverted")
 
 
 __all__ = ["KEEPER_ADDRESS", "KEEPER_DEV_KEY", "Devnet", "fund_inventory", "launch"]

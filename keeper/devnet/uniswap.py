@@ -36,7 +36,7 @@ from keeper.chain.multicall import multicall
 from keeper.chain.rpc import RpcClient
 from keeper.devnet.aave import ASSETS, Deployment
 from keeper.devnet.build import NODE_MODULES
-from keeper.devnet.chain import DevChain, DevnetTxFailed
+from keeper.devnet.chain import DevChain, send_as
 from keeper.devnet.seed import SEL_APPROVE, SEL_DEPOSIT, SEL_MINT, get_price
 from keeper.errors import KeeperError
 from keeper.log import get_logger
@@ -277,19 +277,13 @@ class _Sender:
         ctor = next((e for e in art["abi"] if e["type"] == "constructor"), {"inputs": []})
         data = bytes.fromhex(art["bytecode"].removeprefix("0x"))
         data += encode([i["type"] for i in ctor["inputs"]], list(args))
-        receipt = await self._send({"data": "0x" + data.hex(), "gas": hex(10_000_000)}, f"deploy {name}")
+        receipt = await send_as(self.rpc, self.sender, None, data, gas=10_000_000,
+                                what=f"uniswap set-up: deploy {name}")
         return to_checksum_address(receipt["contractAddress"])
 
     async def send(self, to: str, data: bytes, *, value: int = 0, gas: int = 500_000) -> dict[str, Any]:
-        tx = {"to": to, "data": "0x" + data.hex(), "value": hex(value), "gas": hex(gas)}
-        return await self._send(tx, f"call {to} 0x{data[:4].hex()}")
-
-    async def _send(self, tx: dict[str, Any], what: str) -> dict[str, Any]:
-        tx_hash = await self.rpc.call("eth_sendTransaction", [{"from": self.sender, **tx}])
-        receipt = await self.rpc.wait_for_receipt(tx_hash, timeout=60, poll_interval=0.02)
-        if int(receipt["status"], 16) != 1:
-            raise DevnetTxFailed(f"uniswap set-up: {what} reverted (tx {tx_hash})")
-        return receipt
+        return await send_as(self.rpc, self.sender, to, data, value=value, gas=gas,
+                             what=f"uniswap set-up: call {to} 0x{data[:4].hex()}")
 
 
 SLOT0 = fn("UniswapV3Pool", "slot0")

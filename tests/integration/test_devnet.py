@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from keeper.devnet.chain import send_as
 from keeper.devnet.seed import SPECS, Seeder, plan_position, quoted_prices, shock
 from keeper.devnet.stack import KEEPER_ADDRESS, Devnet
 from keeper.errors import ExecutionReverted
@@ -27,10 +28,8 @@ WAD = 10**18
 APPROVE = fn("ERC20", "approve")
 
 
-async def _send(dn: Devnet, sender: str, to: str, data: bytes, gas: int = 1_500_000) -> dict:
-    tx = {"from": sender, "to": to, "data": "0x" + data.hex(), "gas": hex(gas)}
-    tx_hash = await dn.rpc.call("eth_sendTransaction", [tx])
-    return await dn.rpc.wait_for_receipt(tx_hash, timeout=30, poll_interval=0.02)
+async def _send(dn: Devnet, sender: str, to: str, data: bytes) -> dict:
+    return await send_as(dn.rpc, sender, to, data, gas=1_500_000, require_success=False)
 
 
 async def _health(dn: Devnet, users: list[str]) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from keeper.app import App
 from keeper.config import load_settings
+from keeper.devnet.chain import send_as
 from keeper.devnet.seed import Seeder, plan_position, shock
 from keeper.devnet.stack import KEEPER_ADDRESS, KEEPER_DEV_KEY, Devnet
 from keeper.metrics import Metrics
@@ -249,14 +250,7 @@ async def test_emode_borrower_is_priced_with_its_category_bonus(bare_chain: Devn
 
 
 async def _send_from(dn: Devnet, sender: str, to: str, data: bytes) -> None:
-    await dn.rpc.call("anvil_impersonateAccount", [sender])
-    try:
-        tx = {"from": sender, "to": to, "data": "0x" + data.hex(), "gas": hex(1_000_000)}
-        receipt = await dn.rpc.wait_for_receipt(await dn.rpc.call("eth_sendTransaction", [tx]), timeout=30,
-                                                poll_interval=0.02)
-    finally:
-        await dn.rpc.call("anvil_stopImpersonatingAccount", [sender])
-    assert int(receipt["status"], 16) == 1, f"call to {to} reverted"
+    await send_as(dn.rpc, sender, to, data, impersonate=True)
 
 
 async def _price(dn: Devnet, symbol: str) -> int:
