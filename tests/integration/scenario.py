@@ -78,9 +78,14 @@ class ShockResult:
                 "blocks_to_last": self.blocks_to_last, "cycles": self.cycles, "timed_out": self.timed_out}
 
 
-async def launch_interval_market(*, borrowers: int = 1_000, block_time: int = 1, seed: int = 7) -> Devnet:
-    """A fresh devnet mining a block every `block_time` seconds (set-up itself runs on automine)."""
-    return await launch(borrowers=borrowers, block_time=block_time, seed=seed)
+async def launch_interval_market(*, borrowers: int = 1_000, block_time: int = 1, seed: int = 7,
+                                 fund_keeper_usd: int = 50_000_000) -> Devnet:
+    """A fresh devnet mining a block every `block_time` seconds (set-up itself runs on automine).
+
+    Inventory mode liquidates only what the wallet holds: the devnet's default $5M of each asset
+    runs out of USDC/DAI before a 30% WETH fall at 1,000 borrowers is fully covered."""
+    return await launch(borrowers=borrowers, block_time=block_time, seed=seed,
+                        fund_keeper_usd=fund_keeper_usd)
 
 
 def keeper_settings(dn: Devnet, *, keeper_rpc_url: str | None = None, **over: Any):
