@@ -116,12 +116,13 @@ class Pipeline:
         return report
 
     async def _replay_pending(self, block: int) -> None:
-        """Put this keeper's still-pending transactions on the fork first: on a chain with a block
-        time the previous cycle's may not be mined yet, and they land before anything sent now."""
+        """Put this keeper's transactions that were not mined at `block` on the fork first: on a
+        chain with a block time the previous cycle's may be pending, or mined after `block`
+        (this cycle's view is older than them), and they land before anything sent now."""
         if self.sender is None:
             return
         pending = [(a.nonce, TxRequest(self.keeper, a.intent.to, a.intent.data, gas=a.intent.gas_limit))
-                   for a in self.sender.pending()]
+                   for a in self.sender.replayable()]
         try:
             applied = await self.sim.replay_pending(self.keeper, pending)
         except SimulationError as e:

@@ -46,6 +46,7 @@ from keeper.metrics import Metrics
 log = get_logger(__name__)
 
 HISTORY = 1_000  # settled attempts kept for inspection
+RECENT = 256  # settled attempts whose liquidation was mined, kept for the fork's replay
 HEAD_READ_TIMEOUT_S = 2.0  # a broadcast's head read; past it, the newest head seen stands in
 
 
@@ -70,6 +71,7 @@ class SenderCore:
         self.route: Route = "bundle" if bundles else "private" if private else "public"
         self.registry = Registry()
         self.history: deque[Outcome] = deque(maxlen=HISTORY)  # the last settled attempts, oldest first
+        self.recent: deque[Attempt] = deque(maxlen=RECENT)  # settled with their liquidation mined
         self._wake = asyncio.Event()
         self._head = 0  # the newest head the sender has seen (its own reads, or a caller's)
 
@@ -167,6 +169,8 @@ class SenderCore:
         if self.safety is not None:
             self.safety.record(status, reason, probe=a.probe)
         self.history.append(outcome)
+        if status in ("included", "reverted"):
+            self.recent.append(a)
         self._gauge()
         event = {"included": "exec.included", "reverted": "exec.reverted"}.get(status, f"exec.{status}")
         (log.info if outcome.success else log.warning)(

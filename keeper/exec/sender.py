@@ -81,10 +81,12 @@ class Sender(Follower):
                 return BREAKER_OPEN
         return None
 
-    def pending(self) -> list[Attempt]:
-        """Liquidations in flight that may still land (not being cancelled), in nonce order."""
+    def replayable(self) -> list[Attempt]:
+        """Liquidations that may have landed after a given block, in nonce order: those in flight
+        (unless being cancelled) and the recently settled ones whose liquidation was mined. A
+        cycle at block N replays those not mined at N on its fork (nonces tell which)."""
         live = [a for a in self.registry.inflight.values() if a.outcome is None and a.cancel_reason is None]
-        return sorted(live, key=lambda a: a.nonce)
+        return sorted([*self.recent, *live], key=lambda a: a.nonce)
 
     async def _admit(self) -> bool:
         """Raise SendRefused if the safety gate says no; True when this send is the breaker's probe."""
