@@ -6,15 +6,19 @@ cycle decided on; a borrower left liquidatable by a capped liquidation is taken 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_abi import encode
 from eth_account import Account
 from eth_utils import keccak
 from pydantic import SecretStr
+from scenario import keeper_txs
 from test_sending import Miner, _eventually, _pool_txs_pending, _run_apps, _settings
 
 from keeper.app import App
@@ -141,3 +145,40 @@ async def _liquidations(dn: Devnet, user: str) -> list[dict]:
     topic = "0x" + encode(["address"], [user]).hex()
     return await dn.rpc.get_logs({"address": dn.deployment.pool, "fromBlock": "0x0", "toBlock": "latest",
                                   "topics": [LIQUIDATION.topic, None, None, topic]})
+
+
+async def test_a_keeper_restarted_mid_liquidation_resumes_and_finishes_the_job(any_chain: Devnet,
+                                                                                 tmp_path: Path) -> None:
+    dn = any_chain  # automine, and 1-second blocks
+    market = await discover_market(dn.rpc, dn.deployment.pool_addresses_provider)
+    users = [p.address for p in dn.plans]
+    await shock(dn.rpc, dn.deployment, "WETH", -15)
+    start = await dn.rpc.block_number()
+    victims = [h.user for h in await read_account_health(dn.rpc, market, users, start) if h.liquidatable]
+    assert len(victims) >= 5
+    nonce = await dn.rpc.get_transaction_count(KEEPER_ADDRESS, "latest")
+    db = tmp_path / "keeper.db"
+    # First run: stopped right after its first cycle sent (on 1-second blocks, with its
+    # transactions still pending).
+    first = App(_settings(dn, db_path=db, inclusion_wait_s=0))
+    await asyncio.wait_for(first.run(until=lambda r: bool(r.sent), install_signals=False), 120)
+    sent_first = sum(len(r.sent) for r in first.reports)
+    assert sent_first >= 1
+    # Second run on the same database: the index resumes from its checkpoint, the nonce manager
+    # continues after the pending transactions, and the rest is liquidated.
+    second = App(_settings(dn, db_path=db, inclusion_wait_s=5 if dn.block_time else 0.5))
+
+    def done(report: Any) -> bool:
+        waiting = second.sender is not None and bool(second.sender.registry.inflight)
+        return report.liquidatable == 0 or (not report.sent and not waiting)
+
+    await asyncio.wait_for(second.run(until=done, install_signals=False), 120)
+    assert second.reports[0].block > first.reports[-1].block
+    end = await dn.rpc.block_number()
+    still = [h.user for h in await read_account_health(dn.rpc, market, victims, end) if h.liquidatable]
+    assert still == []
+    mined, reverted = await keeper_txs(dn, KEEPER_ADDRESS, start + 1, end)
+    assert reverted == []
+    # Every nonce used once, none skipped: the chain's count is the start plus what was mined.
+    assert await dn.rpc.get_transaction_count(KEEPER_ADDRESS, "latest") == nonce + mined
+    assert await dn.rpc.get_transaction_count(KEEPER_ADDRESS, "pending") == nonce + mined
