@@ -62,7 +62,7 @@ async def test_a_tx_sent_while_the_cycle_is_5_blocks_behind_is_cancelled_max_pen
     metrics = Metrics()
     # One failure would trip this breaker: the timeout cancel below must not be one.
     safety = Safety(breaker=CircuitBreaker(max_failures=1, window_s=3_600), metrics=metrics)
-    policy = SendPolicy(max_fee_wei=500 * GWEI, max_pending_blocks=6, replace_after_blocks=100)
+    policy = SendPolicy(max_fee_wei=500 * GWEI, max_pending_blocks=6, replace_after_blocks=3)
     sender = Sender(dn.rpc, Signer(SecretStr(key), dn.deployment.chain_id), max_fee_gwei=Decimal(500),
                     policy=policy, safety=safety, metrics=metrics)
     head = await _mine(dn, 8, base_fee=GWEI)
@@ -76,6 +76,10 @@ async def test_a_tx_sent_while_the_cycle_is_5_blocks_behind_is_cancelled_max_pen
         await sender.follow_block(await _mine(dn))
         assert attempt.cancel_reason is None and attempt.live.kind == "liquidation", waited
         assert attempt.outcome is None
+        # Replacement timing counts from the broadcast too: the first look at a replacement (here
+        # capped by the profit, so nothing is re-sent) comes replace_after_blocks after it.
+        expected_look = head + policy.replace_after_blocks if waited >= policy.replace_after_blocks else head
+        assert attempt.last_sent == expected_look, waited
     await sender.follow_block(await _mine(dn))  # max_pending_blocks after the broadcast
     assert attempt.cancel_reason == "timeout" and attempt.live.kind == "cancel"
     assert attempt.live.head == head + policy.max_pending_blocks
