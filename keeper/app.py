@@ -86,9 +86,9 @@ class App:
             sender = self.sender = None if s.dry_run else self._sender(rpc, signer)
             if sender is not None:
                 await check_gas_balance(rpc, s, signer.address, self.metrics)
-            if s.execution == "flashloan":
+            if s.execution != "inventory":  # flashloan or auto
                 await check_flash_setup(rpc, s, market, signer.address)
-            elif sender is not None:
+            if s.execution != "flashloan" and sender is not None:
                 await approve_inventory(rpc, market, sender)
             log.info("app.start", chain_id=chain_id, pool=market.pool, reserves=len(market.reserves),
                      keeper=signer.address, dry_run=s.dry_run, execution=s.execution,
@@ -123,6 +123,8 @@ class App:
                               on_reconnect=lambda reason: m.reconnects.labels(reason=reason).inc())
         pipeline = Pipeline(rpc=rpc, market=market, settings=s, metrics=m, simulator=simulator,
                             keeper=keeper, sender=sender)
+        if pipeline.routes is not None and s.execution != "inventory":
+            await pipeline.routes.ensure(started.block)  # the pool graph, before the first head
         return _Stages(watcher, index, tracker, pipeline, started.block)
 
     def _signer(self, chain_id: int) -> Signer:

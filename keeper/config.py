@@ -60,12 +60,14 @@ class Settings(BaseSettings):
     # execution
     private_key: SecretStr | None = None
     dry_run: bool = False
-    execution: Literal["inventory", "flashloan"] = "inventory"
+    execution: Literal["inventory", "flashloan", "auto"] = "inventory"
     executor_address: str | None = None
     # flash-loan mode: Uniswap V3 SwapRouter and QuoterV2, and hub tokens for two-hop routes
     uniswap_router: str | None = None
     uniswap_quoter: str | None = None
-    swap_hubs: str = Field("", description="comma-separated hub token addresses; default: the native asset")
+    swap_hubs: str = Field("", description="comma-separated hub token addresses; overrides pool discovery")
+    swap_max_hops: int = Field(2, ge=1, le=3, description="longest route over the discovered pools")
+    pool_refresh_blocks: int = Field(300, ge=1, description="re-read the Uniswap pool graph this often")
     swap_slippage_bps: int = Field(50, ge=0, le=5_000)
     flash_margin_bps: int = Field(10, ge=0, le=1_000)
     min_profit_usd: Decimal = Field(Decimal(1), ge=0)

@@ -69,6 +69,10 @@ class Metrics:
         self.skipped = Counter(
             "keeper_skipped", "Opportunities not sent, by reason", ["reason"], registry=r
         )
+        self.no_route = Counter(
+            "keeper_no_route", "Liquidations whose collateral had no swap route, by collateral/debt pair",
+            ["pair"], registry=r,
+        )
         self.profit_usd = Counter("keeper_profit_usd", "Realised net profit in USD", registry=r)
         self.gas_spent_wei = Counter(
             "keeper_gas_spent_wei", "Gas paid by sent transactions", registry=r
