@@ -11,6 +11,8 @@ SCRIPTS = (
     ["keeper_path.py", "200", "2000", "10000"],
     ["latency.py", "10000"],
     ["mirror_recompute.py", "--borrowers", "10000"],
+    ["routes.py", "usdc_hub"],
+    ["routes.py", "default"],
 )
 
 if __name__ == "__main__":
