@@ -25,7 +25,7 @@ from keeper.protocol.uniswap_graph import RouteFinder
 from keeper.sim.fork import ForkSimulator
 from keeper.strategy.opportunity import Candidate, best_opportunity, evaluate_position, to_opportunity
 from keeper.strategy.profit import Costs, ProfitBreakdown, flash_premium, profit, value_base_floor
-from keeper.strategy.routes import best_net_route, choose_execution
+from keeper.strategy.routes import best_net_route, choose_execution, min_out_basis, pair_names
 from keeper.types import AccountHealth, Address, Market, Opportunity, Position, SimResult
 
 log = get_logger(__name__)
@@ -239,7 +239,8 @@ class Pipeline:
             return _Skip("unprofitable", {"predicted_base": opp.net_profit_base})
         debt = self.market.reserve(opp.debt_asset)
         min_profit = self.min_profit_base * 10**debt.decimals // position.prices_base[opp.debt_asset]
-        plan = flashloan_tx(opp, self.executor, self.keeper, swap_path=best.path, quoted_out=best.out,
+        plan = flashloan_tx(opp, self.executor, self.keeper, swap_path=best.path,
+                            quoted_out=min_out_basis(best.out, best.candidate, best.path),
                             slippage_bps=self.settings.swap_slippage_bps,
                             margin_bps=self.settings.flash_margin_bps, min_profit=min_profit)
         return opp, plan
@@ -265,7 +266,7 @@ class Pipeline:
                 return None
             out, path = route.amount_out, route.path
             log.debug("strategy.route", borrower=position.user, pair=self._pairs([c]), hops=route.hops,
-                      tokens=[self._symbol(t) for t in route.tokens], fees=list(route.fees),
+                      path=pair_names(self.market.reserves, [route.tokens]), fees=list(route.fees),
                       amount_in=seized, amount_out=out)
         return _Quote(c, out, path, profit(c.inputs, c.outcome, costs, swap_out_debt=out))
 
@@ -273,13 +274,8 @@ class Pipeline:
     def _decimals(self) -> dict[str, int]:
         return {r.asset: r.decimals for r in self.market.reserves}
 
-    def _symbol(self, asset: Address) -> str:
-        return next((r.symbol for r in self.market.reserves if r.asset.lower() == asset.lower()), asset)
-
     def _pairs(self, candidates: list[Candidate]) -> str:
-        """"LINK/DAI" (collateral/debt) for each distinct pair, comma-separated: for logs and metrics."""
-        names = (f"{self._symbol(c.collateral_asset)}/{self._symbol(c.debt_asset)}" for c in candidates)
-        return ",".join(dict.fromkeys(names))
+        return pair_names(self.market.reserves, [(c.collateral_asset, c.debt_asset) for c in candidates])
 
     def _skip(self, report: CycleReport, reason: str, user: Address, **kv: object) -> None:
         report.skip(reason, user)

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from typing import Literal
 
 from keeper.protocol.math import mul_div_ceil
-from keeper.protocol.uniswap_v3 import Route
+from keeper.protocol.uniswap_v3 import Route, decode_path
+from keeper.strategy.opportunity import Candidate
 from keeper.strategy.profit import gas_cost_base
+from keeper.types import Address, Reserve
 
 Execution = Literal["flashloan", "inventory"]
 
@@ -60,3 +62,38 @@ def choose_execution(flash_net_base: int | None, inventory_net_base: int | None,
     if inventory_net_base is not None and inventory_net_base >= min_profit_base:
         return "inventory"
     return None
+
+
+def fair_out(amount_in: int, fees: Sequence[int], *, in_price_base: int, in_decimals: int,
+             out_price_base: int, out_decimals: int) -> int:
+    """What `amount_in` is worth in the output token at the oracle, less each hop's pool fee."""
+    if out_price_base <= 0:
+        return 0
+    out = amount_in * in_price_base * 10**out_decimals // (out_price_base * 10**in_decimals)
+    for fee in fees:
+        out = out * (1_000_000 - fee) // 1_000_000
+    return out
+
+
+def min_out_basis(quoted_out: int, c: Candidate, path: bytes) -> int:
+    """The output the swap's slippage bound is taken from: the quote, never more than the oracle's.
+
+    A quote above the oracle-fair output comes from a pool that is off the oracle in our favour
+    (often one this cycle's earlier sales moved), and arbitrageurs pull it back before the
+    transaction lands: holding the swap to that quote would revert it for nothing. The
+    executor's minProfit still guarantees the profit floor.
+    """
+    if not path:
+        return quoted_out
+    i = c.inputs
+    fair = fair_out(c.outcome.collateral_seized, decode_path(path)[1], in_price_base=i.collateral_price_base,
+                    in_decimals=i.collateral_decimals, out_price_base=i.debt_price_base,
+                    out_decimals=i.debt_decimals)
+    return min(quoted_out, fair) if fair > 0 else quoted_out
+
+
+def pair_names(reserves: Sequence[Reserve], token_lists: Sequence[Sequence[Address]]) -> str:
+    """"LINK/DAI" per distinct token list, comma-separated, by reserve symbol: for logs and metrics."""
+    symbols = {r.asset.lower(): r.symbol for r in reserves}
+    names = ("/".join(symbols.get(t.lower(), t) for t in tokens) for tokens in token_lists)
+    return ",".join(dict.fromkeys(names))

@@ -7,7 +7,7 @@ from eth_utils import to_checksum_address
 
 from keeper.protocol.uniswap_graph import PoolEdge, PoolGraph
 from keeper.protocol.uniswap_v3 import Route
-from keeper.strategy.routes import best_net_route, choose_execution, gas_in_token
+from keeper.strategy.routes import best_net_route, choose_execution, fair_out, gas_in_token
 
 USD = 10**8
 
@@ -103,3 +103,11 @@ def test_auto_prefers_a_flash_loan_that_pays_and_falls_back_to_inventory() -> No
     assert choose_execution(50 * USD, None, floor) == "flashloan"
     assert choose_execution(None, None, floor) is None
     assert choose_execution(0, 0, floor) is None
+
+
+def test_fair_output_is_the_oracle_value_less_each_hops_fee() -> None:
+    # 1 WETH at $3,000 into USDC (6 decimals) through 0.3% then 0.01%.
+    out = fair_out(10**18, (3000, 100), in_price_base=3_000 * USD, in_decimals=18, out_price_base=USD,
+                   out_decimals=6)
+    assert out == 3_000 * 10**6 * 997_000 // 1_000_000 * 999_900 // 1_000_000
+    assert fair_out(10**18, (), in_price_base=1, in_decimals=18, out_price_base=0, out_decimals=6) == 0
