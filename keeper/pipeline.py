@@ -25,7 +25,7 @@ from keeper.protocol.uniswap_graph import RouteFinder
 from keeper.sim.fork import ForkSimulator
 from keeper.strategy.opportunity import Candidate, best_opportunity, evaluate_position, to_opportunity
 from keeper.strategy.profit import Costs, ProfitBreakdown, flash_premium, profit, value_base_floor
-from keeper.strategy.routes import best_net_route, choose_execution, min_out_basis, pair_names
+from keeper.strategy.routes import best_net_route, choose_execution, pair_names
 from keeper.types import AccountHealth, Address, Market, Opportunity, Position, SimResult
 
 log = get_logger(__name__)
@@ -240,7 +240,7 @@ class Pipeline:
         debt = self.market.reserve(opp.debt_asset)
         min_profit = self.min_profit_base * 10**debt.decimals // position.prices_base[opp.debt_asset]
         plan = flashloan_tx(opp, self.executor, self.keeper, swap_path=best.path,
-                            quoted_out=min_out_basis(best.out, best.candidate, best.path),
+                            quoted_out=best.out,
                             slippage_bps=self.settings.swap_slippage_bps,
                             margin_bps=self.settings.flash_margin_bps, min_profit=min_profit)
         return opp, plan
@@ -250,14 +250,19 @@ class Pipeline:
         if c.collateral_asset == c.debt_asset:
             out, path = seized, b""
         else:
-            # Quoted on the fork: it already holds this cycle's earlier swaps, the chain does not.
-            routes = await self.routes.quote(self.sim.rpc, c.collateral_asset, c.debt_asset, seized,
-                                             prices_base=position.prices_base,
-                                             decimals=self._decimals) if self.routes else []
-            route = best_net_route(routes, gas_price_wei=costs.gas_price_wei,
-                                   native_price_base=costs.native_price_base,
-                                   out_price_base=c.inputs.debt_price_base,
-                                   out_decimals=c.inputs.debt_decimals)
+            # The path is chosen on the chain's pools at this block, where arbitrage keeps them, and
+            # priced on the fork, which also holds this cycle's earlier swaps: chosen on the fork, it
+            # would detour around pools our own earlier sales moved, which arbitrage restores.
+            routes = await self.routes.quote(self.rpc, c.collateral_asset, c.debt_asset, seized,
+                                             prices_base=position.prices_base, decimals=self._decimals,
+                                             block=position.block) if self.routes else []
+            i = c.inputs
+            route = best_net_route(
+                routes, gas_price_wei=costs.gas_price_wei, native_price_base=costs.native_price_base,
+                out_price_base=i.debt_price_base, out_decimals=i.debt_decimals,
+                in_price_base=i.collateral_price_base, in_decimals=i.collateral_decimals)
+            if route is not None and self.routes is not None:
+                route = await self.routes.requote(self.sim.rpc, route)
             if route is None:
                 pair = self._pairs([c])
                 self.metrics.no_route.labels(pair=pair).inc()

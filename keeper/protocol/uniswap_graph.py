@@ -218,3 +218,9 @@ class RouteFinder:
         paths = self.paths(token_in, token_out, prices_base=prices_base, decimals=decimals)
         return await quote_paths(quote_rpc, self.quoter, paths, amount_in, block,
                                  multicall_address=self.multicall_address)
+
+    async def requote(self, quote_rpc: RpcClient, route: Route, block: int | str = "latest") -> Route | None:
+        """The same path and amount quoted again on `quote_rpc` (None if it no longer pays)."""
+        found = await quote_paths(quote_rpc, self.quoter, [(route.tokens, route.fees)], route.amount_in,
+                                  block, multicall_address=self.multicall_address)
+        return found[0] if found else None

@@ -37,14 +37,26 @@ def net_out(route: Route, *, gas_price_wei: int, native_price_base: int, out_pri
 
 
 def best_net_route(routes: Sequence[Route], *, gas_price_wei: int, native_price_base: int,
-                   out_price_base: int, out_decimals: int) -> Route | None:
-    """The route paying the most net of gas; ties go to fewer hops. None when there is none."""
+                   out_price_base: int, out_decimals: int, in_price_base: int = 0,
+                   in_decimals: int = 18) -> Route | None:
+    """The route paying the most net of gas; ties go to fewer hops. None when there is none.
+
+    With the input's price, each route counts for no more than its oracle-fair output (less its
+    pools' fees): a quote above that comes from a pool off the oracle in our favour, often one
+    this cycle's own earlier sales moved on the fork, and arbitrage takes it back before the
+    transaction lands. Routes win on depth and fees, not on windfalls that will not be there.
+    """
     if not routes:
         return None
 
-    def key(r: Route) -> tuple[int, int]:
-        return net_out(r, gas_price_wei=gas_price_wei, native_price_base=native_price_base,
-                       out_price_base=out_price_base, out_decimals=out_decimals), -r.hops
+    def key(r: Route) -> tuple[int, int, int]:
+        gas = gas_in_token(r.gas_estimate, gas_price_wei, native_price_base, out_price_base, out_decimals)
+        net = r.amount_out - gas
+        if in_price_base > 0 and out_price_base > 0:
+            fair = fair_out(r.amount_in, r.fees, in_price_base=in_price_base, in_decimals=in_decimals,
+                            out_price_base=out_price_base, out_decimals=out_decimals) - gas
+            return min(net, fair), -r.hops, net
+        return net, -r.hops, net
 
     return max(routes, key=key)
 
