@@ -280,3 +280,17 @@ def _addr(a: str) -> bytes:
 
 def _uints(*vs: int) -> bytes:
     return b"".join(v.to_bytes(32, "big") for v in vs)
+
+
+async def test_default_devnet_feeds_emit_their_own_answers_and_nothing_is_polled(bare_chain: Devnet) -> None:
+    """The default devnet is unchanged: its feeds emit AnswerUpdated themselves, no sentinel."""
+    market = await discover_market(bare_chain.rpc, bare_chain.deployment.pool_addresses_provider)
+    tracker = HealthTracker(bare_chain.rpc, market)
+    await tracker.start([], await bare_chain.rpc.block_number())
+    assert tracker.feeds is not None
+    kinds = {a: (f.kind, f.emitter) for a, f in tracker.feeds.feeds.items()}
+    d = bare_chain.deployment
+    assert kinds == {d.assets[s]: ("emitter", d.feeds[s]) for s in d.assets}
+    assert tracker.feeds.sentinel is None and tracker.feeds.polled == []
+    view = await tracker.update(await bare_chain.rpc.block_number())
+    assert view.liquidation_allowed and view.polled_reserves == 0
