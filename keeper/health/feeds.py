@@ -9,8 +9,8 @@ positive). What emits the update is often not the source:
 
 `resolve` turns each source into one of `Feed.kind`: "emitter" (the source's own AnswerUpdated),
 "proxy" (the current aggregator's AnswerUpdated) or "polled". An address counts as an emitter only if
-its runtime code holds the AnswerUpdated topic (solc pushes event topics as constants) AND its
-`latestAnswer()` is the oracle's price for the asset; anything else is polled, never guessed.
+its runtime code holds the AnswerUpdated topic (solc pushes event topics as constants) AND the
+source's `latestAnswer()` is the oracle's price for the asset; anything else is polled, never guessed.
 
 Each block the tracker folds `poll_calls()` into the Multicall3 it already makes: one
 `getAssetsPrices` for every polled reserve, each proxy's `aggregator()` (a swap re-resolves it), the
@@ -111,8 +111,10 @@ class OracleFeeds:
         for a, res in zip(wired, aggs, strict=True):
             agg = _address(res)
             candidate[a] = (agg, sources[a]) if agg is not None else (sources[a], None)  # type: ignore[assignment]
+        # The source's answer, not the aggregator's: mainnet aggregators restrict reads to allowed
+        # callers, proxies do not, and a proxy's answer is its aggregator's by construction.
         checks = await multicall(self.rpc, [c for a in wired for c in (
-            (candidate[a][0], LATEST_ANSWER.encode()), (self.mirror.oracle, GET_ASSET_PRICE.encode(a))
+            (sources[a], LATEST_ANSWER.encode()), (self.mirror.oracle, GET_ASSET_PRICE.encode(a))
         )], block)
         codes = {e: await self.rpc.get_code(e, block) for e in {c[0] for c in candidate.values()}}
         for a in assets:
@@ -162,11 +164,8 @@ class OracleFeeds:
                     if self.mirror.reserves[asset].price_base != price:
                         self.mirror.set_price(asset, price)
                         out.moved.add(asset)
-            else:  # a reverting source: the mirror cannot price these, the chain re-reads them
-                for asset in polled:
-                    self.mirror.reserves[asset].price_base = None
-                    self.mirror.dirty_prices.add(asset)
-                    out.moved.add(asset)
+            else:  # a source reverts: so does the pool for its users, whose reads then fail loudly
+                log.warning("health.feed_poll_failed", assets=polled, block=block)
         swapped = [f.asset for f in proxies if _address(next(it)) != f.emitter]
         sentinel = _address(next(it))
         allowed_res = next(it) if self.sentinel is not None else None
