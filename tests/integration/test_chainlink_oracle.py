@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from eth_utils import keccak
 
 from keeper.app import App
 from keeper.config import load_settings
 from keeper.devnet import chainlink as cl
-from keeper.devnet.chain import DevChain
+from keeper.devnet.chain import DevChain, send_as
 from keeper.devnet.seed import get_price, set_price, shock
 from keeper.devnet.stack import KEEPER_ADDRESS, KEEPER_DEV_KEY, Devnet, launch
 from keeper.health import mirror_sync
@@ -294,3 +295,17 @@ async def test_default_devnet_feeds_emit_their_own_answers_and_nothing_is_polled
     assert tracker.feeds.sentinel is None and tracker.feeds.polled == []
     view = await tracker.update(await bare_chain.rpc.block_number())
     assert view.liquidation_allowed and view.polled_reserves == 0
+
+
+async def test_capo_ratio_above_its_growth_cap_is_priced_at_the_cap(chain: Devnet) -> None:
+    pair = await Pair.start(chain)
+    o = cl.oracle_of(chain.deployment)
+    base = await get_price(chain.rpc, chain.deployment, "WBTC")  # ratio 1: the base feed's answer
+    await send_as(chain.rpc, chain.deployment.deployer, o.capo_adapter,
+                  cl.SEL_SET_RATIO + (2 * cl.RATIO_UNIT).to_bytes(32, "big"))  # +100%: far above the cap
+    raw = await chain.rpc.eth_call(o.capo_adapter, keccak(text="getMaxRatio()")[:4])
+    max_ratio = int.from_bytes(raw, "big")
+    assert cl.RATIO_UNIT <= max_ratio < cl.RATIO_UNIT * 101 // 100
+    assert await get_price(chain.rpc, chain.deployment, "WBTC") == base * max_ratio // cl.RATIO_UNIT
+    _, new_drift, view, _ = await pair.after_move()
+    assert new_drift == [] and view.drift == 0
