@@ -250,6 +250,43 @@ async def test_sequencer_gate_holds_liquidations_until_the_grace_period_ends(cha
         await asyncio.wait_for(task, 60)
 
 
+async def test_while_gated_accounts_below_095_are_still_liquidated_as_the_pool_allows(chain: Devnet) -> None:
+    """ValidationLogic asks the sentinel only at HF >= 0.95: below it the pool liquidates anyway, and so
+    does the keeper; the rest wait with `sequencer_grace`."""
+    rpc, d = chain.rpc, chain.deployment
+    await cl.set_sequencer(rpc, d, up=False)
+    await shock(rpc, d, "WETH", -15)
+    market = await discover_market(rpc, d.pool_addresses_provider)
+    users = [p.address for p in chain.plans]
+    health = await read_account_health(rpc, market, users, await rpc.block_number())
+    low = {h.user for h in health if h.health_factor_wad < 95 * WAD // 100}
+    mid = {h.user for h in health if 95 * WAD // 100 <= h.health_factor_wad < WAD}
+    assert low and mid
+    await rpc.call("evm_setIntervalMining", [1])
+    metrics = Metrics()
+    app = App(load_settings(rpc_url=chain.url, pool_addresses_provider=d.pool_addresses_provider,
+                            private_key=KEEPER_DEV_KEY, metrics_port=0, poll_interval_s=0.1,
+                            db_path=Path(tempfile.mkdtemp()) / "keeper.db"), metrics)
+    cycles = Cycles()
+    task = asyncio.create_task(app.run(until=cycles, install_signals=False))
+    try:
+        for _ in range(120):
+            await cycles.wait(1)
+            now = await read_account_health(rpc, market, sorted(low), await rpc.block_number())
+            if all(h.health_factor_wad >= 95 * WAD // 100 for h in now):
+                break
+        else:
+            raise AssertionError("accounts under HF 0.95 were not liquidated while gated")
+        await cycles.wait(2)
+        still = await read_account_health(rpc, market, sorted(mid), await rpc.block_number())
+        assert all(h.liquidatable for h in still), "an account the sentinel protects was liquidated"
+        assert metrics.skipped.labels(reason="sequencer_grace")._value.get() > 0
+        assert sum(r.reverted for r in app.reports) == 0
+    finally:
+        app.request_stop()
+        await asyncio.wait_for(task, 60)
+
+
 class Cycles:
     """An App `until` callback that never stops the app but lets the test wait for n more cycles."""
 
