@@ -13,6 +13,7 @@ SCRIPTS = (
     ["mirror_recompute.py", "--borrowers", "10000"],
     ["routes.py", "usdc_hub"],
     ["routes.py", "default"],
+    ["oracle_poll.py", "--borrowers", "2000"],
 )
 
 if __name__ == "__main__":
