@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from keeper.protocol.math import mul_div_ceil
-from keeper.protocol.uniswap_v3 import Route, decode_path
-from keeper.strategy.opportunity import Candidate
+from keeper.protocol.uniswap_v3 import Route
 from keeper.strategy.profit import gas_cost_base
 from keeper.types import Address, Reserve
 
@@ -85,23 +84,6 @@ def fair_out(amount_in: int, fees: Sequence[int], *, in_price_base: int, in_deci
     for fee in fees:
         out = out * (1_000_000 - fee) // 1_000_000
     return out
-
-
-def min_out_basis(quoted_out: int, c: Candidate, path: bytes) -> int:
-    """The output the swap's slippage bound is taken from: the quote, never more than the oracle's.
-
-    A quote above the oracle-fair output comes from a pool that is off the oracle in our favour
-    (often one this cycle's earlier sales moved), and arbitrageurs pull it back before the
-    transaction lands: holding the swap to that quote would revert it for nothing. The
-    executor's minProfit still guarantees the profit floor.
-    """
-    if not path:
-        return quoted_out
-    i = c.inputs
-    fair = fair_out(c.outcome.collateral_seized, decode_path(path)[1], in_price_base=i.collateral_price_base,
-                    in_decimals=i.collateral_decimals, out_price_base=i.debt_price_base,
-                    out_decimals=i.debt_decimals)
-    return min(quoted_out, fair) if fair > 0 else quoted_out
 
 
 def pair_names(reserves: Sequence[Reserve], token_lists: Sequence[Sequence[Address]]) -> str:
