@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 from aiohttp import web
@@ -42,6 +42,9 @@ class Metrics:
         self.build = Info("keeper_build", "Keeper version", registry=r)
         self.head_block = Gauge("keeper_head_block", "Latest block seen", registry=r)
         self.indexed_block = Gauge("keeper_indexed_block", "Last block indexed", registry=r)
+        self.head_lag_blocks = Gauge(
+            "keeper_head_lag_blocks", "Blocks between the chain head and the head processed", registry=r
+        )
         self.borrowers_tracked = Gauge(
             "keeper_borrowers_tracked", "Borrowers with debt being watched", registry=r
         )
@@ -143,11 +146,13 @@ async def serve(
     port: int,
     *,
     healthy: Callable[[], bool] | None = None,
+    routes: Sequence[web.RouteDef] = (),
 ) -> web.AppRunner:
     """Serve /metrics and /healthz; returns the runner for `stop(runner)`.
 
     `port=0` binds a free port (see `bound_port`). `/healthz` is 200 unless `healthy()`
-    returns False (then 503), so an orchestrator can restart a stuck keeper.
+    returns False (then 503), so an orchestrator can restart a stuck keeper. `routes` are served
+    beside them and win over the plain `/healthz` (keeper/health_http.py: /healthz and /readyz).
     """
 
     async def metrics_handler(_: web.Request) -> web.Response:
@@ -159,7 +164,9 @@ async def serve(
 
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/healthz", health_handler)
+    if not any(r.path == "/healthz" for r in routes):
+        app.router.add_get("/healthz", health_handler)
+    app.router.add_routes(routes)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     try:
