@@ -31,6 +31,10 @@ _METHOD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 LIQUIDATION_OUTCOMES = ("sent", "included", "reverted", "cancelled", "expired", "dropped", "dry_run")
 CANCEL_REASONS = ("lost", "gone", "timeout")
 SIM_RESULTS = ("profitable", "unprofitable", "reverted", "error")
+# keeper/chain/heads.py's reasons; the skip reasons an operator watches most (others appear when used).
+RECONNECT_REASONS = ("stall", "closed", "error", "connect_failed", "subscribe_failed")
+SKIP_REASONS = ("unprofitable", "sim_unprofitable", "sim_reverted", "sim_error", "paused", "breaker_open",
+                "gas_balance_low")
 
 
 class Metrics:
@@ -121,6 +125,10 @@ class Metrics:
             self.liquidations.labels(outcome=outcome)
         for result in SIM_RESULTS:
             self.simulations.labels(result=result)
+        for reason in RECONNECT_REASONS:
+            self.reconnects.labels(reason=reason)
+        for reason in SKIP_REASONS:
+            self.skipped.labels(reason=reason)
 
     def observe_rpc(self, method: str, seconds: float, outcome: str) -> None:
         """RpcClient observer: `RpcClient(url, on_request=metrics.observe_rpc)`."""
