@@ -98,6 +98,8 @@ class App:
                 self.health.breaker = lambda: breaker.reason if breaker.is_open() else None
             if sender is not None:
                 await check_gas_balance(rpc, s, signer.address, self.metrics)
+            else:  # dry run: no floor to enforce, but keeper_wallet_balance_wei must not read 0
+                self.metrics.wallet_balance_wei.set(await rpc.get_balance(signer.address, "latest"))
             if s.execution == "flashloan":
                 await check_flash_setup(rpc, s, market, signer.address)
             elif sender is not None:
