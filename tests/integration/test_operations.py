@@ -129,7 +129,7 @@ async def test_healthz_turns_503_when_the_chain_stops_and_200_when_it_resumes(mi
 
 async def test_readyz_is_503_during_the_backfill_and_200_after(mined: Devnet) -> None:
     # A long history to page through one block at a time: the backfill takes seconds, not milliseconds.
-    await mined.rpc.call("anvil_mine", [hex(3_000)])
+    await mined.rpc.call("anvil_mine", [hex(400)])
     seen: list[tuple[int, str]] = []
     async with running_keeper(mined, dry_run=True, getlogs_max_range=1) as (_, url, task):
         await wait_for(url + "/readyz", lambda s, _: s == 200, task, 300, seen)
