@@ -93,7 +93,7 @@ class App:
             market = await discover_market(rpc, s.pool_addresses_provider)
             signer = self._signer(chain_id)
             sender = self.sender = None if s.dry_run else self._sender(rpc, signer)
-            if sender is not None:
+            if sender is not None and sender.safety is not None:
                 breaker = sender.safety.breaker
                 self.health.breaker = lambda: breaker.reason if breaker.is_open() else None
             if sender is not None:

@@ -47,7 +47,7 @@ class Metrics:
         self.head_block = Gauge("keeper_head_block", "Latest block seen", registry=r)
         self.indexed_block = Gauge("keeper_indexed_block", "Last block indexed", registry=r)
         self.head_lag_blocks = Gauge(
-            "keeper_head_lag_blocks", "Blocks between the chain head and the head processed", registry=r
+            "keeper_head_lag_blocks", "Newest head seen minus the block the last cycle processed", registry=r
         )
         self.borrowers_tracked = Gauge(
             "keeper_borrowers_tracked", "Borrowers with debt being watched", registry=r

@@ -226,7 +226,7 @@ async def test_dockerfile_healthcheck_passes_on_a_healthy_keeper_and_fails_once_
 
 # What the issue asks the alerts to cover, and the alert that does.
 REQUIRED_ALERTS = {
-    "no new head": "KeeperHeadStalled", "head lag": "KeeperHeadLag",
+    "no new head": "KeeperHeadStalled", "head lag": "KeeperBehindHead",
     "breaker open": "KeeperCircuitBreakerOpen", "kill switch on": "KeeperSendingPaused",
     "low gas balance": "KeeperWalletBalanceLow", "reverts": "KeeperLiquidationReverted",
     "RPC error rate": "KeeperRpcErrors", "mirror drift": "KeeperMirrorDrift",
@@ -247,7 +247,7 @@ def test_every_alert_fires_and_stays_quiet_in_a_promtool_case() -> None:
 
 def test_head_lag_alert_reads_the_gauge_the_keeper_registers() -> None:
     assert "keeper_head_lag_blocks" in exported_series(Metrics())
-    assert any(e.startswith("keeper_head_lag_blocks >") for e in alert_exprs())
+    assert any("keeper_head_lag_blocks" in e for e in alert_exprs())
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None,
