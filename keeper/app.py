@@ -138,6 +138,7 @@ class App:
         self.health.set_phase("mirror bootstrap")
         await tracker.start(index.borrowers(), started.block)
         self.health.mark_ready()
+        m.ready.set(1)
         watcher = HeadWatcher(rpc, ws_url=s.ws_url, stall_timeout_s=s.heads_stall_timeout_s,
                               poll_interval_s=s.poll_interval_s,
                               on_reconnect=lambda reason: m.reconnects.labels(reason=reason).inc())

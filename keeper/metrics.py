@@ -43,6 +43,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry()
         self.up = Gauge("keeper_up", "1 while the keeper loop runs", registry=r)
+        self.ready = Gauge(
+            "keeper_ready", "1 once the backfill and the mirror bootstrap are done (/readyz)", registry=r
+        )
         self.build = Info("keeper_build", "Keeper version", registry=r)
         self.head_block = Gauge("keeper_head_block", "Latest block seen", registry=r)
         self.indexed_block = Gauge("keeper_indexed_block", "Last block indexed", registry=r)

@@ -136,6 +136,7 @@ async def test_readyz_is_503_during_the_backfill_and_200_after(mined: Devnet) ->
         await wait_for(url + "/readyz", lambda s, _: s == 200, task, 300, seen)
         during = [body for status, body in seen if status == 503]
         assert any("starting: backfill" in body for body in during), seen[:3]
+        assert "\nkeeper_ready 1.0\n" in (await get(url + "/metrics"))[1]
         assert all(body.startswith("not ready") for body in during)
         # Alive all along: a liveness probe must not restart a keeper in its first backfill.
         assert (await get(url + "/healthz"))[0] == 200
@@ -211,7 +212,7 @@ async def test_a_real_prometheus_sees_the_head_advance_and_a_liquidation(mined: 
         await wait_for(url + "/readyz", lambda s, _: s == 200, task, 120)
         first = await until_query(prom, 'keeper_head_block{job="keeper"} > 0', task, 60)
         await until_query(prom, f'keeper_head_block{{job="keeper"}} > {first:.0f}', task, 60)
-        await until_query(prom, 'up{job="keeper"} == 1 and keeper_up == 1', task, 30)
+        await until_query(prom, 'up{job="keeper"} == 1 and keeper_up == 1 and keeper_ready == 1', task, 30)
 
         await shock(mined.rpc, mined.deployment, "WETH", -15)
         included = await until_query(
