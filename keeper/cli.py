@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--borrowers", type=int, default=200)
     up.add_argument("--seed", type=int, default=7)
     up.add_argument("--block-time", type=int, default=None, help="interval mining, whole seconds per block")
+    up.add_argument("--oracle", choices=("devnet", "chainlink"), default="devnet",
+                    help="chainlink: Chainlink proxies over aggregators, one event-less CAPO-style adapter")
+    up.add_argument("--sequencer", action="store_true",
+                    help="with --oracle chainlink: an L2 PriceOracleSentinel on a sequencer-uptime feed")
     down = dsub.add_parser("down", help="stop the devnet on --port")
     down.add_argument("--port", type=int, default=8545)
     shock = dsub.add_parser("shock", help="move an asset's price by PCT percent, e.g. WETH -12.5")
@@ -118,7 +122,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "devnet":
         if args.devnet_command == "up":
             return await commands.devnet_up(settings, port=args.port, borrowers=args.borrowers,
-                                            seed=args.seed, block_time=args.block_time)
+                                            seed=args.seed, block_time=args.block_time,
+                                            oracle=args.oracle, sequencer=args.sequencer)
         if args.devnet_command == "down":
             return await commands.devnet_down(port=args.port)
         if args.devnet_command == "shock":

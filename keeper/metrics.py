@@ -61,6 +61,14 @@ class Metrics:
         self.mirror_drift = Gauge(
             "keeper_mirror_drift", "Borrowers whose local HF disagreed with chain", registry=r
         )
+        self.polled_reserves = Gauge(
+            "keeper_polled_reserves", "Reserves whose price source emits no event: read every block",
+            registry=r,
+        )
+        self.liquidation_allowed = Gauge(
+            "keeper_liquidation_allowed", "0 while the pool's PriceOracleSentinel holds liquidations back",
+            registry=r,
+        )
         self.wallet_balance_wei = Gauge(
             "keeper_wallet_balance_wei", "Native balance of the keeper account", registry=r
         )

@@ -21,6 +21,7 @@ from keeper.health.tracker import HealthView
 from keeper.log import get_logger
 from keeper.metrics import Metrics
 from keeper.protocol.aave_v3 import read_emode_categories, read_prices, read_reserve_positions
+from keeper.protocol.math import MINIMUM_HEALTH_FACTOR_LIQUIDATION_THRESHOLD_WAD
 from keeper.protocol.uniswap_v3 import best_route
 from keeper.sim.fork import ForkSimulator
 from keeper.strategy.opportunity import Candidate, best_opportunity, evaluate_position, to_opportunity
@@ -98,17 +99,33 @@ class Pipeline:
         self.metrics.borrowers_tracked.set(view.tracked)
         self.metrics.borrowers_liquidatable.set(len(view.liquidatable))
         self.metrics.mirror_drift.set(view.drift)
-        if not view.liquidatable:
+        self.metrics.polled_reserves.set(view.polled_reserves)
+        self.metrics.liquidation_allowed.set(int(view.liquidation_allowed))
+        liquidatable = self._sequencer_gate(view, report)
+        if not liquidatable:
             return report
         fees = await suggest_fees(self.rpc, max_fee_gwei=self.settings.max_fee_gwei)
         await self.sim.at_block(block)
         # Largest debts first, read in small chunks: the first liquidation is signed after one
         # chunk's reads, not after every liquidatable account's.
-        for start in range(0, len(view.liquidatable), POSITION_CHUNK):
-            chunk = view.liquidatable[start : start + POSITION_CHUNK]
+        for start in range(0, len(liquidatable), POSITION_CHUNK):
+            chunk = liquidatable[start : start + POSITION_CHUNK]
             for position, bonuses in await self._positions(chunk, block):
                 await self._handle(position, bonuses, fees, report)
         return report
+
+    def _sequencer_gate(self, view: HealthView, report: CycleReport) -> list[AccountHealth]:
+        """While the pool's PriceOracleSentinel disallows liquidations (L2 sequencer down or in its grace
+        period) the pool reverts every liquidation of an account at HF >= 0.95: skip those, send nothing."""
+        if view.liquidation_allowed:
+            return view.liquidatable
+        out = []
+        for h in view.liquidatable:
+            if h.health_factor_wad >= MINIMUM_HEALTH_FACTOR_LIQUIDATION_THRESHOLD_WAD:
+                self._skip(report, "sequencer_grace", h.user, hf_wad=h.health_factor_wad)
+            else:
+                out.append(h)
+        return out
 
     async def _positions(self, healths: list[AccountHealth], block: int) -> list[tuple[Position, dict]]:
         """Each borrower's per-reserve balances, and the eMode bonuses that apply to them."""
