@@ -1,4 +1,4 @@
-"""Command line: run, scan, demo, devnet (up/down/shock), executor.
+"""Command line: run, scan, status, heatmap, demo, devnet (up/down/shock), executor.
 
 Every command builds Settings once (env, .env, flags) and hands them down.
 Errors the operator can fix print one line and exit 2; no traceback.
@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     heatmap.add_argument("--step-bps", type=int, default=100, help="distance between levels, in bps")
     _settings_flags(heatmap)
 
+    status = sub.add_parser("status", help="a running keeper's state from its /metrics; exit 1 unhealthy, "
+                                           "3 unreachable")
+    status.add_argument("--url", help="the keeper's metrics server (default: KEEPER_METRICS_HOST:PORT)")
+    status.add_argument("--json", dest="as_json", action="store_true", help="JSON, not the screen")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds before giving up")
+    _settings_flags(status)
+
     demo = sub.add_parser("demo", help="devnet up, seed, shock, run the keeper until all are liquidated")
     demo.add_argument("--borrowers", type=int, default=200)
     demo.add_argument("--shock", nargs=2, metavar=("ASSET", "PCT"), default=("WETH", "-15"))
@@ -103,6 +110,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return await commands.scan(settings, limit=args.limit, hf_below=args.hf_below)
     if args.command == "heatmap":
         return await commands.heatmap(settings, asset=args.asset, steps=args.steps, step_bps=args.step_bps)
+    if args.command == "status":
+        from keeper.status_cmd import status
+
+        return await status(settings, url=args.url, as_json=args.as_json, timeout_s=args.timeout)
     if args.command == "demo":
         return await commands.demo(settings, borrowers=args.borrowers, shock=args.shock,
                                    dry_run=args.dry_run, execution=args.execution, timeout_s=args.timeout)

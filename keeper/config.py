@@ -114,6 +114,7 @@ class Settings(BaseSettings):
     db_path: Path = Path("keeper.db")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9108, ge=0, le=65535, description="0 disables /metrics")
+    health_max_head_age_s: float = Field(120.0, gt=0, description="/healthz 503 after no new head this long")
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
