@@ -7,7 +7,6 @@ signed and sent lives in keeper/exec/sender.py.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -409,8 +408,9 @@ class Pipeline:
         if not sent:
             return
         assert self.sender is not None
-        waits = [self.sender.settle(s.attempt, self.settings.inclusion_wait_s) for s in sent]
-        for s, outcome in zip(sent, await asyncio.gather(*waits), strict=True):
+        await self.sender.settle_all([s.attempt for s in sent], self.settings.inclusion_wait_s)
+        for s in sent:
+            outcome = s.attempt.outcome
             if outcome is None:
                 log.info("exec.pending", borrower=s.opp.user, tx=s.attempt.tx_hash, nonce=s.attempt.nonce)
                 continue
