@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--borrowers", type=int, default=200)
     up.add_argument("--seed", type=int, default=7)
     up.add_argument("--block-time", type=int, default=None, help="interval mining, whole seconds per block")
+    up.add_argument("--aave", choices=("3.6", "3.0"), default="3.6",
+                    help="market flavour: 3.6 (aave-v3-origin, default) or 3.0 (@aave/core-v3 1.19.3)")
     down = dsub.add_parser("down", help="stop the devnet on --port")
     down.add_argument("--port", type=int, default=8545)
     shock = dsub.add_parser("shock", help="move an asset's price by PCT percent, e.g. WETH -12.5")
@@ -107,7 +109,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "devnet":
         if args.devnet_command == "up":
             return await commands.devnet_up(settings, port=args.port, borrowers=args.borrowers,
-                                            seed=args.seed, block_time=args.block_time)
+                                            seed=args.seed, block_time=args.block_time, aave=args.aave)
         if args.devnet_command == "down":
             return await commands.devnet_down(port=args.port)
         if args.devnet_command == "shock":

@@ -1,0 +1,141 @@
+"""Issue 12: the Aave V3.0 devnet flavour, and where the v3.0 rules differ from v3.6's on chain."""
+
+from __future__ import annotations
+
+import pytest
+
+from keeper.devnet.chain import send_as
+from keeper.devnet.seed import Seeder, plan_position, shock
+from keeper.devnet.stack import KEEPER_ADDRESS, Devnet
+from keeper.errors import ExecutionReverted
+from keeper.protocol.aave_v3 import (
+    BALANCE_OF,
+    POOL_REVISION,
+    UINT256_MAX,
+    discover_market,
+    encode_liquidation_call,
+    read_account_health,
+)
+from keeper.protocol.abi import decode_revert, fn
+
+WAD = 10**18
+APPROVE = fn("ERC20", "approve")
+
+
+async def _health(dn: Devnet, users: list[str]) -> dict:
+    market = await discover_market(dn.rpc, dn.deployment.pool_addresses_provider)
+    block = await dn.rpc.block_number()
+    return {h.user: h for h in await read_account_health(dn.rpc, market, users, block)}
+
+
+async def _balance(dn: Devnet, token: str, holder: str) -> int:
+    return BALANCE_OF.decode_one(await dn.rpc.eth_call(token, BALANCE_OF.encode(holder)))
+
+
+async def _debt(dn: Devnet, holder: str, sym: str) -> int:
+    d = dn.deployment
+    total = await _balance(dn, d.debt_tokens[sym], holder)
+    if d.stable_debt_tokens:
+        total += await _balance(dn, d.stable_debt_tokens[sym], holder)
+    return total
+
+
+async def _liquidate(dn: Devnet, user: str, collateral: str, debt: str, amount: int) -> dict:
+    d = dn.deployment
+    await send_as(dn.rpc, KEEPER_ADDRESS, d.assets[debt], APPROVE.encode(d.pool, UINT256_MAX), gas=200_000)
+    data = encode_liquidation_call(d.assets[collateral], d.assets[debt], user, amount)
+    return await send_as(dn.rpc, KEEPER_ADDRESS, d.pool, data, gas=1_500_000, require_success=False)
+
+
+async def test_v30_market_runs_pool_revision_1(devnet30: Devnet) -> None:
+    raw = await devnet30.rpc.eth_call(devnet30.deployment.pool, POOL_REVISION.encode())
+    assert POOL_REVISION.decode_one(raw) == 1
+    market = await discover_market(devnet30.rpc, devnet30.deployment.pool_addresses_provider)
+    assert {r.symbol for r in market.reserves} == {"WETH", "WBTC", "USDC", "DAI", "LINK"}
+
+
+async def test_v30_borrowers_marked_stable_hold_stable_rate_debt(devnet30: Devnet) -> None:
+    d = devnet30.deployment
+    stable = [p for p in devnet30.plans if p.stable]
+    assert len(stable) >= 10
+    for p in stable:
+        for sym in p.debt:
+            held = await _balance(devnet30, d.stable_debt_tokens[sym], p.address)
+            variable = await _balance(devnet30, d.debt_tokens[sym], p.address)
+            if sym in p.stable:
+                assert held >= p.debt[sym] and variable == 0, (p.address, sym)
+            else:
+                assert held == 0 and variable >= p.debt[sym], (p.address, sym)
+
+
+async def test_v30_liquidation_call_repays_stable_debt(chain30: Devnet) -> None:
+    await shock(chain30.rpc, chain30.deployment, "WETH", -15)
+    health = await _health(chain30, [p.address for p in chain30.plans])
+    victim = next(p for p in chain30.plans
+                  if p.stable and health[p.address].liquidatable and "WETH" in p.collateral)
+    debt_sym = victim.stable[0]
+    before = await _debt(chain30, victim.address, debt_sym)
+    receipt = await _liquidate(chain30, victim.address, "WETH", debt_sym, UINT256_MAX)
+    assert int(receipt["status"], 16) == 1
+    assert await _debt(chain30, victim.address, debt_sym) < before
+    after = (await _health(chain30, [victim.address]))[victim.address]
+    assert after.total_debt_base < health[victim.address].total_debt_base
+
+
+# --- the rules differ where they should ---------------------------------------------------------
+
+
+async def _small_position_at_097(dn: Devnet, index: int):
+    """$1,500 of WBTC against $1,150 of USDC, then WBTC -3%: HF about 0.98, under $2,000 each side."""
+    plan = plan_position(index, {"WBTC": 1_500}, {"USDC": 1_150})
+    await Seeder(dn.rpc, dn.deployment).seed([plan], liquidity_usd=0)
+    await shock(dn.rpc, dn.deployment, "WBTC", -3)
+    hf = (await _health(dn, [plan.address]))[plan.address].health_factor_wad
+    assert 95 * WAD // 100 < hf < WAD
+    return plan
+
+
+async def test_v30_small_position_near_097_gets_at_most_half_per_call(bare_chain30: Devnet) -> None:
+    plan = await _small_position_at_097(bare_chain30, 41)
+    before = await _debt(bare_chain30, plan.address, "USDC")
+    receipt = await _liquidate(bare_chain30, plan.address, "WBTC", "USDC", UINT256_MAX)
+    assert int(receipt["status"], 16) == 1
+    repaid = before - await _debt(bare_chain30, plan.address, "USDC")
+    assert 0 < repaid <= (before + 1) // 2, (before, repaid)
+
+
+async def test_v36_same_small_position_is_closed_whole(bare_chain: Devnet) -> None:
+    plan = await _small_position_at_097(bare_chain, 41)
+    receipt = await _liquidate(bare_chain, plan.address, "WBTC", "USDC", UINT256_MAX)
+    assert int(receipt["status"], 16) == 1
+    assert await _debt(bare_chain, plan.address, "USDC") == 0
+
+
+async def _leave_ten_dollars(dn: Devnet, index: int) -> tuple[str, bytes]:
+    """Under HF 0.95 (so 100% is allowed on both), ask to repay all but $10 of the USDC debt."""
+    plan = plan_position(index, {"WETH": 1_400}, {"USDC": 1_100})
+    await Seeder(dn.rpc, dn.deployment).seed([plan], liquidity_usd=0)
+    await shock(dn.rpc, dn.deployment, "WETH", "-13.5")  # HF about 0.91, collateral still covers it
+    hf = (await _health(dn, [plan.address]))[plan.address].health_factor_wad
+    assert hf < 95 * WAD // 100
+    debt = await _debt(dn, plan.address, "USDC")
+    d = dn.deployment
+    await send_as(dn.rpc, KEEPER_ADDRESS, d.assets["USDC"], APPROVE.encode(d.pool, UINT256_MAX), gas=200_000)
+    return plan.address, encode_liquidation_call(d.assets["WETH"], d.assets["USDC"], plan.address,
+                                                 debt - 10 * 10**6)
+
+
+async def test_v30_liquidation_leaving_ten_dollars_of_debt_succeeds(bare_chain30: Devnet) -> None:
+    user, data = await _leave_ten_dollars(bare_chain30, 42)
+    receipt = await send_as(bare_chain30.rpc, KEEPER_ADDRESS, bare_chain30.deployment.pool, data,
+                            gas=1_500_000, require_success=False)
+    assert int(receipt["status"], 16) == 1
+    left = await _debt(bare_chain30, user, "USDC")
+    assert 10 * 10**6 <= left <= 10 * 10**6 + 10**4  # $10 plus a moment's interest
+
+
+async def test_v36_liquidation_leaving_ten_dollars_reverts_with_dust(bare_chain: Devnet) -> None:
+    _, data = await _leave_ten_dollars(bare_chain, 42)
+    with pytest.raises(ExecutionReverted) as e:
+        await bare_chain.rpc.eth_call(bare_chain.deployment.pool, data, "latest", from_=KEEPER_ADDRESS)
+    assert decode_revert(e.value.data) == "MustNotLeaveDust"
