@@ -81,7 +81,8 @@ class App:
         s = self.settings
         rpc, chain_id = await connect(s, self.metrics)
         try:
-            market = await discover_market(rpc, s.pool_addresses_provider)
+            market = await discover_market(rpc, s.pool_addresses_provider,
+                                           revision_override=s.pool_revision_override)
             signer = self._signer(chain_id)
             sender = self.sender = None if s.dry_run else self._sender(rpc, signer)
             if sender is not None:
@@ -91,6 +92,7 @@ class App:
             elif sender is not None:
                 await approve_inventory(rpc, market, sender)
             log.info("app.start", chain_id=chain_id, pool=market.pool, reserves=len(market.reserves),
+                     pool_revision=market.rules.revision, rules=market.rules.name,
                      keeper=signer.address, dry_run=s.dry_run, execution=s.execution,
                      settings=s.redacted())
             async with await Store.open(s.db_path) as store, \

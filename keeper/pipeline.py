@@ -162,7 +162,7 @@ class Pipeline:
     async def _plan_inventory(self, position: Position, costs: Costs, bonuses: dict[Address, int],
                               report: CycleReport) -> tuple[Opportunity, LiquidationTx] | None:
         opp = best_opportunity(position, self.market.reserves, costs, bonus_overrides_bps=bonuses,
-                               min_net_profit_base=-(2**255))
+                               min_net_profit_base=-(2**255), sizing=self.market.rules.sizing)
         if opp is None:
             return self._skip(report, "no_liquidatable_pair", position.user)
         if opp.net_profit_base < self.min_profit_base:
@@ -173,8 +173,8 @@ class Pipeline:
                           report: CycleReport) -> tuple[Opportunity, LiquidationTx] | None:
         """Price the best few sizings with real swap quotes; the oracle alone would flatter them."""
         costs = replace(costs, flash_premium_bps=self.market.flash_loan_premium_bps)
-        candidates = evaluate_position(position, self.market.reserves, costs,
-                                       bonus_overrides_bps=bonuses)[:FLASH_CANDIDATES]
+        candidates = evaluate_position(position, self.market.reserves, costs, bonus_overrides_bps=bonuses,
+                                       sizing=self.market.rules.sizing)[:FLASH_CANDIDATES]
         if not candidates:
             return self._skip(report, "no_liquidatable_pair", position.user)
         quoted = [q for c in candidates if (q := await self._quote(c, costs)) is not None]

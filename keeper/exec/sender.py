@@ -265,6 +265,7 @@ class Sender:
         self.history: deque[Outcome] = deque(maxlen=HISTORY)  # the last settled attempts, oldest first
         self._wake = asyncio.Event()
         self._head = 0
+        self._nonce_taken_at: dict[int, int] = {}  # attempt nonce -> head it was first seen used
 
     async def close(self) -> None:
         for relay in (self.private, self.bundles):
@@ -391,7 +392,13 @@ class Sender:
         if latest_nonce > a.nonce:
             # The nonce is used, but by none of our hashes (checked before the count was read
             # and again now): another transaction from this key took it.
-            if not await self._check_mined(a):
+            if await self._check_mined(a) or await self._any_in_block(a):
+                self._nonce_taken_at.pop(a.nonce, None)
+                return
+            # Only on a later head: a node can show the new nonce before the transaction itself.
+            first = self._nonce_taken_at.setdefault(a.nonce, head)
+            if head > first:
+                self._nonce_taken_at.pop(a.nonce, None)
                 self._finish(a, "dropped", "nonce_used_elsewhere", head)
             return
         if a.route == "bundle":
@@ -574,6 +581,13 @@ class Sender:
         log.debug("exec.bundle_resent", borrower=a.key, nonce=a.nonce, target=target)
 
     # -- settling ---------------------------------------------------------------------
+
+    async def _any_in_block(self, a: Attempt) -> bool:
+        """Whether a node already shows one of our hashes in a block. A node can report the new nonce
+        (and the transaction) before its receipt (seen on Anvil under load, and on load-balanced RPCs):
+        the receipt then comes on a later head."""
+        replies = await self.rpc.batch([("eth_getTransactionByHash", [t.tx_hash]) for t in a.txs])
+        return any(isinstance(r, dict) and r.get("blockNumber") for r in replies)
 
     async def _check_mined(self, a: Attempt) -> bool:
         """Settle `a` if any version of it has a receipt. True when settled."""
