@@ -29,7 +29,7 @@ from eth_utils import to_checksum_address
 
 from keeper.errors import KeeperError
 from keeper.health import mirror_events as ev
-from keeper.health.mirror_v30 import account_v30
+from keeper.health.mirror_v30 import account_v30, move_scaled_v30
 from keeper.log import get_logger
 from keeper.protocol.math import (
     RAY,
@@ -502,10 +502,13 @@ class HealthMirror:
         balance = v_token_balance if debt else a_token_balance
         old = scaled.get(r.id, 0)
         prev_index = indexes.get(r.id)
-        if prev_index is not None and balance(old, index) - balance(old, prev_index) != balance_increase:
+        if self.legacy:
+            new = move_scaled_v30(old, delta, balance_increase, index, prev_index)
+        elif prev_index is not None and balance(old, index) - balance(old, prev_index) != balance_increase:
             self._mark_dirty(user, applied, "balance_increase_mismatch", asset=r.asset, debt=debt)
             return
-        new = scaled_from_balance(balance(old, index) + delta, index, debt=debt)
+        else:
+            new = scaled_from_balance(balance(old, index) + delta, index, debt=debt)
         if new is None:
             self._mark_dirty(user, applied, "no_exact_scaled_amount", asset=r.asset, debt=debt)
             return

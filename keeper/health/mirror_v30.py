@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from keeper.protocol.math import UINT256_MAX, percent_mul, ray_mul, wad_div
+from keeper.protocol.math import UINT256_MAX, percent_mul, ray_div, ray_mul, wad_div
 from keeper.protocol.math_v30 import stable_debt_balance
 from keeper.types import AccountHealth, Address
 
@@ -73,3 +73,14 @@ def account_v30(mirror: HealthMirror, user: Address, u: UserState, ctx: Mapping[
     available = borrowable - total_debt if borrowable > total_debt else 0
     return AccountHealth(user, block, total_collateral, total_debt, available, avg_lt, avg_ltv, hf)
 
+
+
+def move_scaled_v30(old: int, delta: int, balance_increase: int, index: int,
+                    prev_index: int | None) -> int | None:
+    """v3.0 `_mintScaled` / `_burnScaled`: the scaled balance moves by `rayDiv(amount, index)` (half up),
+    `amount = |delta|`; None when the event's balanceIncrease does not fit the mirrored balance."""
+    if prev_index is not None and ray_mul(old, index) - ray_mul(old, prev_index) != balance_increase:
+        return None
+    step = ray_div(abs(delta), index)
+    new = old + step if delta >= 0 else old - step
+    return new if new >= 0 else None
