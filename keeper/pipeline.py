@@ -23,6 +23,7 @@ from keeper.metrics import Metrics
 from keeper.protocol.aave_v3 import read_emode_categories, read_prices, read_reserve_positions
 from keeper.protocol.uniswap_v3 import best_route
 from keeper.sim.fork import ForkSimulator
+from keeper.sim.search import best_by_fork
 from keeper.strategy.opportunity import Candidate, best_opportunity, evaluate_position, to_opportunity
 from keeper.strategy.profit import Costs, ProfitBreakdown, flash_premium, profit, value_base_floor
 from keeper.types import AccountHealth, Address, Market, Opportunity, Position, SimResult
@@ -137,6 +138,8 @@ class Pipeline:
             return self._skip(report, why, position.user)
         costs = self._costs(position, fees)
         plan_for = self._plan_flash if self.flash else self._plan_inventory
+        if self.market.rules.sizing == "simulate":  # an unknown revision: no ported rules are trusted
+            plan_for = self._plan_by_fork
         planned = await plan_for(position, costs, bonuses, report)
         if planned is None:
             return
@@ -163,6 +166,22 @@ class Pipeline:
                               report: CycleReport) -> tuple[Opportunity, LiquidationTx] | None:
         opp = best_opportunity(position, self.market.reserves, costs, bonus_overrides_bps=bonuses,
                                min_net_profit_base=-(2**255), sizing=self.market.rules.sizing)
+        if opp is None:
+            return self._skip(report, "no_liquidatable_pair", position.user)
+        if opp.net_profit_base < self.min_profit_base:
+            return self._skip(report, "unprofitable", position.user, predicted_base=opp.net_profit_base)
+        return opp, inventory_tx(opp, self.market, self.keeper)
+
+    async def _plan_by_fork(self, position: Position, costs: Costs, bonuses: dict[Address, int],
+                            report: CycleReport) -> tuple[Opportunity, LiquidationTx] | None:
+        """An unknown revision: pair and debtToCover are searched on the fork (inventory mode only)."""
+        if self.flash:
+            return self._skip(report, "unknown_rules_flashloan", position.user)
+
+        async def simulate(opp: Opportunity) -> SimResult:
+            return await self._simulate(opp, inventory_tx(opp, self.market, self.keeper), position, costs)
+
+        opp = await best_by_fork(position, simulate, costs.native_price_base)
         if opp is None:
             return self._skip(report, "no_liquidatable_pair", position.user)
         if opp.net_profit_base < self.min_profit_base:

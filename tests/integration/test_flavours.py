@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from keeper.app import App
+from keeper.config import load_settings
 from keeper.devnet.chain import send_as
 from keeper.devnet.seed import shock
-from keeper.devnet.stack import Devnet
+from keeper.devnet.stack import KEEPER_DEV_KEY, Devnet
 from keeper.health.mirror_sync import bootstrap, catch_up, reconcile
+from keeper.metrics import Metrics
+from keeper.pipeline import CycleReport
 from keeper.protocol.aave_v3 import GET_USER_ACCOUNT_DATA, discover_market, read_account_health
 from keeper.protocol.abi import fn
 
@@ -63,3 +73,34 @@ async def test_mirror_health_equals_get_user_account_data_to_the_wei(flavour_cha
             h.current_liquidation_threshold_bps, h.ltv_bps, h.health_factor_wad)
 
 
+
+
+async def test_unknown_revision_liquidates_every_borrower_by_fork_search_alone(
+        flavour_chain: Devnet, capsys: pytest.CaptureFixture[str]) -> None:
+    """POOL_REVISION forced to 99 (a setting, not a chain edit): no ported rule is used; the keeper
+    searches each pair and debtToCover on the fork, and still liquidates everyone, without a revert."""
+    dn = flavour_chain
+    await shock(dn.rpc, dn.deployment, "WETH", -15)
+    market = await discover_market(dn.rpc, dn.deployment.pool_addresses_provider)
+    users = [p.address for p in dn.plans]
+    block = await dn.rpc.block_number()
+    victims = {h.user for h in await read_account_health(dn.rpc, market, users, block) if h.liquidatable}
+    assert len(victims) >= 5
+    settings = load_settings(rpc_url=dn.url, pool_addresses_provider=dn.deployment.pool_addresses_provider,
+                             private_key=KEEPER_DEV_KEY, metrics_port=0, poll_interval_s=0.1,
+                             db_path=Path(tempfile.mkdtemp()) / "keeper.db", pool_revision_override=99)
+    metrics = Metrics()
+
+    def settled(report: CycleReport) -> bool:
+        return report.liquidatable == 0 or not report.sent
+
+    reports = await asyncio.wait_for(App(settings, metrics).run(until=settled, install_signals=False), 300)
+    block = await dn.rpc.block_number()
+    after = {h.user: h for h in await read_account_health(dn.rpc, market, users, block)}
+    for u in victims:
+        assert after[u].total_debt_base == 0 or after[u].health_factor_wad >= 10**18, u
+    assert sum(r.reverted for r in reports) == 0
+    assert sum(r.included for r in reports) >= len(victims)
+    out = capsys.readouterr().out
+    assert "protocol.unknown_revision" in out and "unknown-revision:simulate" in out
+    assert out.count("strategy.fork_sized") >= len(victims)
