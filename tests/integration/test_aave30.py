@@ -40,6 +40,10 @@ async def _debt(dn: Devnet, holder: str, sym: str) -> int:
     return total
 
 
+async def _stable_debt(dn: Devnet, holder: str) -> int:
+    return sum([await _balance(dn, t, holder) for t in dn.deployment.stable_debt_tokens.values()])
+
+
 async def _liquidate(dn: Devnet, user: str, collateral: str, debt: str, amount: int) -> dict:
     d = dn.deployment
     await send_as(dn.rpc, KEEPER_ADDRESS, d.assets[debt], APPROVE.encode(d.pool, UINT256_MAX), gas=200_000)
@@ -139,3 +143,59 @@ async def test_v36_liquidation_leaving_ten_dollars_reverts_with_dust(bare_chain:
     with pytest.raises(ExecutionReverted) as e:
         await bare_chain.rpc.eth_call(bare_chain.deployment.pool, data, "latest", from_=KEEPER_ADDRESS)
     assert decode_revert(e.value.data) == "MustNotLeaveDust"
+
+
+def _nothing_left(report) -> bool:
+    """Every liquidatable borrower is either gone or has no collateral left to seize."""
+    return report.liquidatable == report.skipped.get("no_liquidatable_pair", 0) and not report.sent
+
+
+async def test_v30_keeper_liquidates_everyone_on_an_interval_mined_chain_while_prices_move() -> None:
+    """A v3.0 market mined every second like a real chain; LINK's price keeps moving while the keeper
+    runs. Every borrower the WETH shock made liquidatable ends healthy or closed, stable debt included."""
+    import asyncio
+    import tempfile
+    from pathlib import Path
+
+    from keeper.app import App
+    from keeper.config import load_settings
+    from keeper.devnet.seed import set_price
+    from keeper.devnet.stack import KEEPER_DEV_KEY, launch
+
+    dn = await launch(borrowers=100, seed=3, aave="3.0", block_time=1)
+    try:
+        await shock(dn.rpc, dn.deployment, "WETH", -20)
+        users = [p.address for p in dn.plans]
+        before = await _health(dn, users)
+        victims = {u for u, h in before.items() if h.liquidatable}
+        stable_victims = {p.address for p in dn.plans if p.stable and p.address in victims}
+        assert len(victims) >= 3 and stable_victims
+        stable_before = {u: await _stable_debt(dn, u) for u in stable_victims}
+        settings = load_settings(
+            rpc_url=dn.url, pool_addresses_provider=dn.deployment.pool_addresses_provider,
+            private_key=KEEPER_DEV_KEY, metrics_port=0, poll_interval_s=0.2,
+            db_path=Path(tempfile.mkdtemp()) / "keeper.db")
+        app = App(settings)
+
+        async def move_link() -> None:
+            price = 12_95_000000
+            for step in range(30):
+                price = price * (1000 + (7 if step % 2 else -6)) // 1000
+                await set_price(dn.rpc, dn.deployment, "LINK", price)
+                await asyncio.sleep(1.5)
+
+        mover = asyncio.create_task(move_link())
+        try:
+            reports = await asyncio.wait_for(app.run(until=_nothing_left, install_signals=False), 240)
+        finally:
+            mover.cancel()
+        after = await _health(dn, users)
+        for u in victims:  # v3.0 has no deficit: a borrower whose collateral ran out keeps the rest as debt
+            h = after[u]
+            assert h.total_debt_base == 0 or h.health_factor_wad >= WAD or h.total_collateral_base == 0, u
+        assert sum(r.reverted for r in reports) == 0
+        assert all(after[u].total_debt_base < before[u].total_debt_base for u in victims)
+        repaid_stable = [u for u, before in stable_before.items() if await _stable_debt(dn, u) < before]
+        assert repaid_stable, "no stable-rate debt was repaid by a liquidation"
+    finally:
+        await dn.close()
