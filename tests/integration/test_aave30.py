@@ -199,3 +199,36 @@ async def test_v30_keeper_liquidates_everyone_on_an_interval_mined_chain_while_p
         assert repaid_stable, "no stable-rate debt was repaid by a liquidation"
     finally:
         await dn.close()
+
+
+def test_devnet_up_aave_30_then_keeper_scan_reads_revision_1(tmp_path) -> None:
+    """`keeper devnet up --aave 3.0` from the command line, then `keeper scan` against it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from keeper.devnet import state
+    from keeper.devnet.anvil import free_port
+
+    def keeper(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "keeper", *args], capture_output=True, text=True,
+                              timeout=180, env={**os.environ, **(env or {})})
+
+    port = free_port()
+    up = keeper("devnet", "up", "--port", str(port), "--borrowers", "20", "--aave", "3.0")
+    assert up.returncode == 0, up.stderr
+    pid = state.load(port)["pid"]
+    try:
+        settings = dict(line.split("=", 1) for line in up.stdout.splitlines() if line.startswith("KEEPER_"))
+        scan = keeper("scan", env={**settings, "KEEPER_DB_PATH": str(tmp_path / "k.db")})
+        assert scan.returncode == 0, scan.stderr
+        # Its eMode reads go through getEModeCategoryData: v3.6's getters would revert on this pool.
+        assert "health factor" in scan.stdout and "eMode" not in scan.stderr
+        assert state.load(port)["deployment"].aave_version == "3.0"
+    finally:
+        assert keeper("devnet", "down", "--port", str(port)).returncode == 0
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
