@@ -216,7 +216,7 @@ def test_devnet_up_aave_30_then_keeper_scan_reads_revision_1(tmp_path) -> None:
                               timeout=180, env={**os.environ, **(env or {})})
 
     port = free_port()
-    up = keeper("devnet", "up", "--port", str(port), "--borrowers", "20", "--aave", "3.0")
+    up = keeper("devnet", "up", "--port", str(port), "--borrowers", "5", "--aave", "3.0")
     assert up.returncode == 0, up.stderr
     pid = state.load(port)["pid"]
     try:
