@@ -80,6 +80,7 @@ class Deployment:
     deploy_block: int
     aave_version: str = "3.6"  # devnet flavour: "3.6" (aave-v3-origin) or "3.0" (@aave/core-v3 1.19.3)
     stable_debt_tokens: dict[str, str] = field(default_factory=dict)  # symbol -> StableDebtToken (3.0)
+    chainlink: dict | None = None  # `--oracle chainlink`: keeper/devnet/chainlink.py's ChainlinkOracle
 
     def to_json(self) -> dict:
         return asdict(self)

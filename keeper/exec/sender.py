@@ -170,6 +170,7 @@ class Attempt:
         self.cancel_reason: str | None = None
         self.floor_bid: Bid = first.bid  # replacements bump from here (raised by refusals)
         self.outcome: Outcome | None = None
+        self.nonce_used_at: int | None = None  # first head at which the nonce was used without our receipt
         self._callbacks: list[Callable[[Outcome], None]] = []
 
     @property
@@ -265,7 +266,6 @@ class Sender:
         self.history: deque[Outcome] = deque(maxlen=HISTORY)  # the last settled attempts, oldest first
         self._wake = asyncio.Event()
         self._head = 0
-        self._nonce_taken_at: dict[int, int] = {}  # attempt nonce -> head it was first seen used
 
     async def close(self) -> None:
         for relay in (self.private, self.bundles):
@@ -391,14 +391,12 @@ class Sender:
             return
         if latest_nonce > a.nonce:
             # The nonce is used, but by none of our hashes (checked before the count was read
-            # and again now): another transaction from this key took it.
-            if await self._check_mined(a) or await self._any_in_block(a):
-                self._nonce_taken_at.pop(a.nonce, None)
-                return
-            # Only on a later head: a node can show the new nonce before the transaction itself.
-            first = self._nonce_taken_at.setdefault(a.nonce, head)
-            if head > first:
-                self._nonce_taken_at.pop(a.nonce, None)
+            # and again now). A node can show the new nonce a moment before the receipt (Anvil
+            # mid-block, two backends behind one RPC URL): only if that still holds at a later
+            # block did another transaction from this key take it.
+            if a.nonce_used_at is None:
+                a.nonce_used_at = head
+            elif head > a.nonce_used_at and not await self._check_mined(a):
                 self._finish(a, "dropped", "nonce_used_elsewhere", head)
             return
         if a.route == "bundle":
@@ -581,13 +579,6 @@ class Sender:
         log.debug("exec.bundle_resent", borrower=a.key, nonce=a.nonce, target=target)
 
     # -- settling ---------------------------------------------------------------------
-
-    async def _any_in_block(self, a: Attempt) -> bool:
-        """Whether a node already shows one of our hashes in a block. A node can report the new nonce
-        (and the transaction) before its receipt (seen on Anvil under load, and on load-balanced RPCs):
-        the receipt then comes on a later head."""
-        replies = await self.rpc.batch([("eth_getTransactionByHash", [t.tx_hash]) for t in a.txs])
-        return any(isinstance(r, dict) and r.get("blockNumber") for r in replies)
 
     async def _check_mined(self, a: Attempt) -> bool:
         """Settle `a` if any version of it has a receipt. True when settled."""

@@ -13,12 +13,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from keeper.chain.multicall import multicall
 from keeper.chain.rpc import RpcClient
 from keeper.health import mirror_sync
+from keeper.health.feeds import OracleFeeds, PollResult, recompute_moved
 from keeper.health.mirror import HealthMirror
-from keeper.health.schedule import due
+from keeper.health.schedule import DEFAULT_TIERS, Tier, due
 from keeper.log import get_logger
-from keeper.protocol.aave_v3 import read_account_health
+from keeper.protocol.aave_v3 import GET_USER_ACCOUNT_DATA, decode_account_data, read_account_health
 from keeper.types import AccountHealth, Address, Market
 
 log = get_logger(__name__)
@@ -32,6 +34,8 @@ class HealthView:
     checked_on_chain: int
     drift: int  # accounts where the mirror disagreed with the chain at this block
     mirror_seconds: float = 0.0
+    liquidation_allowed: bool = True  # the pool's PriceOracleSentinel (L2 sequencer gate), if any
+    polled_reserves: int = 0  # reserves whose source emits no price event: read every block
 
 
 class HealthTracker:
@@ -43,10 +47,12 @@ class HealthTracker:
         source: str = "mirror",
         batch_size: int = 500,
         gas_per_batch: int = 50_000_000,
+        tiers: tuple[Tier, ...] = DEFAULT_TIERS,
     ) -> None:
         self.rpc, self.market, self.source = rpc, market, source
-        self.batch_size, self.gas = batch_size, gas_per_batch
+        self.batch_size, self.gas, self.tiers = batch_size, gas_per_batch, tiers
         self.mirror: HealthMirror | None = None
+        self.feeds: OracleFeeds | None = None
         self.borrowers: set[Address] = set()
 
     async def start(self, borrowers: Iterable[Address], block: int) -> None:
@@ -55,6 +61,8 @@ class HealthTracker:
             self.mirror = await mirror_sync.bootstrap(
                 self.rpc, self.market, sorted(self.borrowers), block, batch_size=self.batch_size
             )
+            self.feeds = OracleFeeds(self.rpc, self.mirror, self.market.provider)
+            await self.feeds.start(block)
 
     async def update(
         self,
@@ -66,20 +74,25 @@ class HealthTracker:
     ) -> HealthView:
         added, removed = set(added), set(removed)
         self.borrowers = (self.borrowers | added) - removed
-        if self.mirror is None:
+        if self.mirror is None or self.feeds is None:
             return await self._all_on_chain(block)
         t0 = time.monotonic()
         if reorg or block < self.mirror.block:
             # The mirror is not reorg-aware: rebuild it from the chain as it now is.
             await self.start(self.borrowers, block)
         else:
-            await mirror_sync.catch_up(self.rpc, self.mirror, block)
+            caught = await mirror_sync.catch_up(self.rpc, self.mirror, block)
+            await self.feeds.sync(block, everything=caught.rebootstrapped)
             new = sorted(added - set(self.mirror.users))
             await mirror_sync.refresh_users(self.rpc, self.mirror, new, block, batch_size=self.batch_size)
         local = self.mirror.recompute(self.borrowers)
         mirror_s = time.monotonic() - t0
-        to_read = due(block, local, self.borrowers) | {u for u, h in local.items() if h.liquidatable}
-        chain = await self._read(sorted(to_read), block)
+        to_read = due(block, local, self.borrowers, self.tiers) | {u for u, h in local.items()
+                                                                   if h.liquidatable}
+        chain, poll = await self._read_and_poll(sorted(to_read), block)
+        if poll.moved:  # an event-less price moved: its users are recomputed and confirmed this block
+            confirm = recompute_moved(self.mirror, poll, self.borrowers, local, to_read)
+            chain += await self._read(confirm, block)
         drifted = [h.user for h in chain if _differs(local.get(h.user), h)]
         if drifted:
             log.warning("health.mirror_drift", block=block, users=len(drifted), sample=drifted[:3])
@@ -88,7 +101,8 @@ class HealthTracker:
             1 for h in chain if h.user not in local and h.total_debt_base
         )
         return HealthView(
-            block, tracked, _liquidatable(chain), len(chain), sum(1 for u in drifted if u in local), mirror_s
+            block, tracked, _liquidatable(chain), len(chain), sum(1 for u in drifted if u in local), mirror_s,
+            liquidation_allowed=poll.liquidation_allowed, polled_reserves=len(self.feeds.polled),
         )
 
     async def _all_on_chain(self, block: int) -> HealthView:
@@ -96,6 +110,16 @@ class HealthTracker:
         return HealthView(
             block, sum(1 for h in chain if h.total_debt_base), _liquidatable(chain), len(chain), 0
         )
+
+    async def _read_and_poll(self, users: list[Address],
+                             block: int) -> tuple[list[AccountHealth], PollResult]:
+        """The block's one Multicall3: getUserAccountData for `users`, then the oracle poll folded in."""
+        assert self.mirror is not None and self.feeds is not None
+        calls = [(self.market.pool, GET_USER_ACCOUNT_DATA.encode(u)) for u in users]
+        results = await multicall(self.rpc, calls + self.feeds.poll_calls(), block,
+                                  batch_size=self.batch_size, gas_per_batch=self.gas)
+        poll = await self.feeds.apply_poll(results[len(users):], block)
+        return decode_account_data(users, results[: len(users)], block), poll
 
     async def _read(self, users: list[Address], block: int) -> list[AccountHealth]:
         return await read_account_health(

@@ -175,6 +175,12 @@ async def read_account_data(rpc: RpcClient, pool: Address, users: Sequence[Addre
                             *, batch_size: int = 500, gas_per_batch: int = 50_000_000) -> list[AccountHealth]:
     calls = [(pool, GET_USER_ACCOUNT_DATA.encode(u)) for u in users]
     results = await multicall(rpc, calls, block, batch_size=batch_size, gas_per_batch=gas_per_batch)
+    return decode_account_data(users, results, block)
+
+
+def decode_account_data(users: Sequence[Address], results: Sequence[tuple[bool, bytes]],
+                        block: int) -> list[AccountHealth]:
+    """getUserAccountData results (one per user, in order) as AccountHealth; a failed one raises."""
     out = []
     for user, result in zip(users, results, strict=True):
         c, d, avail, lt, ltv, hf = GET_USER_ACCOUNT_DATA.decode(_ok(result, f"getUserAccountData({user})"))
