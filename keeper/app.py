@@ -49,8 +49,10 @@ SHUTDOWN_STEP_TIMEOUT_S = 10.0
 async def connect(settings: Settings, metrics: Metrics) -> tuple[RpcClient, int]:
     """Open the RPC and check it answers (and is the expected chain) before anything else."""
     settings.require("rpc_url", "pool_addresses_provider")
-    rpc = RpcClient(settings.rpc_url, timeout_s=settings.rpc_timeout_s,
-                    max_retries=settings.rpc_max_retries, on_request=metrics.observe_rpc)
+    rpc = RpcClient(settings.rpc_endpoints(), timeout_s=settings.rpc_timeout_s,
+                    max_retries=settings.rpc_max_retries, read_deadline_s=settings.rpc_read_deadline_s,
+                    send_deadline_s=settings.rpc_send_deadline_s, on_request=metrics.observe_rpc,
+                    on_event=metrics.count_rpc_event, on_health=metrics.observe_endpoint)
     await rpc.start()
     try:
         chain_id = await rpc.chain_id()
