@@ -82,11 +82,13 @@ class EndpointPool:
         return len(self.endpoints)
 
     def ranked(self, exclude: Collection[Endpoint] = ()) -> list[Endpoint]:
-        """Best first: not cooling, fewest consecutive errors, fastest. Excluded ones last."""
+        """Best first: not cooling, then fastest. Excluded ones last.
+
+        A failure alone does not demote an endpoint (one 429 says little); `errors_to_cool`
+        in a row do, for a cool-off that doubles while it keeps failing."""
         now = time.monotonic()
         return sorted(
-            self.endpoints,
-            key=lambda e: (e in exclude, e.cooling(now), e.consecutive_errors, e.latency_ewma_s, e.index),
+            self.endpoints, key=lambda e: (e in exclude, e.cooling(now), e.latency_ewma_s, e.index)
         )
 
     def pick(self, exclude: Collection[Endpoint] = ()) -> Endpoint:

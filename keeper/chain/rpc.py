@@ -143,12 +143,14 @@ class RpcClient(EthMethods):
         if method == "eth_sendRawTransaction" and len(params) == 1:
             return await self.send_raw_transaction(params[0])
         send = method in SEND_METHODS
-        attempts = 1 if send else self.max_retries + 1
+        # Every endpoint gets a chance at a read, whatever max_retries says.
+        attempts = 1 if send else max(self.max_retries + 1, len(self.pool))
+        tried: list[Endpoint] = []
         for attempt in range(1, attempts + 1):
             t0 = time.monotonic()
             payload = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
             try:
-                body = await self._request(payload, method, timeout_s, hedge=not send)
+                body = await self._request(payload, method, timeout_s, hedge=not send, tried=tried)
                 result = self._unwrap(body, method)
             except RpcError as e:
                 self._observe(method, time.monotonic() - t0, outcome_of(e))
@@ -160,10 +162,17 @@ class RpcClient(EthMethods):
             return result
         raise AssertionError("unreachable")
 
-    async def _request(self, payload: Any, method: str, timeout_s: float | None, *, hedge: bool) -> Any:
-        """One logical request: to the best endpoint, hedged on another if it stalls."""
+    async def _request(
+        self, payload: Any, method: str, timeout_s: float | None, *, hedge: bool, tried: list[Endpoint]
+    ) -> Any:
+        """One logical request: to the best endpoint not `tried` yet, hedged on another if it stalls.
+
+        Appends the endpoints it uses to `tried`, so a retry goes elsewhere first."""
         timeout = timeout_s or self.timeout_s
-        first = self.pool.pick()
+        first = self.pool.pick(exclude=tried)
+        if tried and first not in tried:
+            self._event("failover", first.label)
+        tried.append(first)
         if not hedge or self.read_deadline_s is None:
             return await self._attempt(first, payload, method, timeout)
         key = _latency_key(payload)
@@ -174,7 +183,8 @@ class RpcClient(EthMethods):
         try:
             done, _ = await asyncio.wait(tasks, timeout=hedge_after)
             if not done:
-                second = self.pool.pick(exclude=(first,))
+                second = self.pool.pick(exclude=tried)
+                tried.append(second)
                 self._event("hedged", second.label)
                 log.debug("rpc.hedged", method=method, after_s=round(hedge_after, 3), endpoint=second.name)
                 tasks.append(asyncio.create_task(self._attempt(second, payload, method, timeout, key)))
@@ -232,13 +242,18 @@ class RpcClient(EthMethods):
                                    on_event=self._event)
 
     async def batch(
-        self, calls: Sequence[tuple[str, Sequence[Any]]], *, timeout_s: float | None = None
+        self,
+        calls: Sequence[tuple[str, Sequence[Any]]],
+        *,
+        timeout_s: float | None = None,
+        partial: bool = False,
     ) -> list[Any]:
         """A real JSON-RPC batch: one POST per `max_batch` items, chunks sent concurrently.
 
         Returns results in request order; a failed item is an RpcError instance in its slot
         (not raised). Items failing transiently are re-sent (alone) with backoff; send
-        methods never are. Raises only if a whole POST fails and cannot be retried.
+        methods never are. A whole POST that fails for good raises, or with `partial` puts its
+        error in each of its items' slots so the other POSTs' answers are still used.
         """
         if not calls:
             return []
@@ -247,10 +262,14 @@ class RpcClient(EthMethods):
         parts = await asyncio.gather(
             *(self._batch_chunk(c, timeout_s) for c in chunks), return_exceptions=True
         )
-        for part in parts:
+        out: list[Any] = []
+        for chunk, part in zip(chunks, parts, strict=True):
             if isinstance(part, BaseException):
-                raise part
-        return [r for part in parts for r in part]  # type: ignore[union-attr]
+                if not (partial and isinstance(part, RpcError)):
+                    raise part
+                part = [part] * len(chunk)
+            out.extend(part)
+        return out
 
     def _split(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Sequence[tuple[str, Sequence[Any]]]]:
         """Chunks of at most `max_batch` items and about `max_batch_bytes` of JSON each."""
@@ -270,12 +289,13 @@ class RpcClient(EthMethods):
     ) -> list[Any]:
         results: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
-        attempts = self.max_retries + 1
+        attempts = max(self.max_retries + 1, len(self.pool))
+        tried: list[Endpoint] = []
         for attempt in range(1, attempts + 1):
             sub = [calls[i] for i in pending]
             has_send = any(m in SEND_METHODS for m, _ in sub)
             try:
-                out = await self._post_batch(sub, timeout_s)
+                out = await self._post_batch(sub, timeout_s, tried)
             except TRANSIENT_ERRORS as e:
                 if has_send or attempt == attempts:
                     raise
@@ -293,7 +313,7 @@ class RpcClient(EthMethods):
         return results
 
     async def _post_batch(
-        self, calls: Sequence[tuple[str, Sequence[Any]]], timeout_s: float | None
+        self, calls: Sequence[tuple[str, Sequence[Any]]], timeout_s: float | None, tried: list[Endpoint]
     ) -> list[Any]:
         ids = [next(self._ids) for _ in calls]
         has_send = any(m in SEND_METHODS for m, _ in calls)
@@ -303,7 +323,7 @@ class RpcClient(EthMethods):
         ]
         t0 = time.monotonic()
         try:
-            body = await self._request(payload, "batch", timeout_s, hedge=not has_send)
+            body = await self._request(payload, "batch", timeout_s, hedge=not has_send, tried=tried)
         except RpcError as e:
             elapsed = time.monotonic() - t0
             for m, _ in calls:
@@ -350,9 +370,7 @@ class RpcClient(EthMethods):
 
     async def _backoff(self, method: str, attempt: int, error: BaseException) -> None:
         if attempt < len(self.pool):
-            # Another endpoint has not failed this request yet: fail over to it at once.
-            self._event("failover", self.pool.pick().label)
-            return
+            return  # another endpoint has not failed this request yet: fail over to it at once
         # Exponential with "equal jitter": half fixed, half random, so retries from many
         # tasks don't arrive at the provider in lockstep.
         delay = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))

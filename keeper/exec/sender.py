@@ -21,8 +21,9 @@ reached a mempool, so its nonce is released, not cancelled).
 One attempt per key (the borrower) is in flight at a time. A settled attempt that did not
 succeed starts a cooldown of `cooldown_blocks` for its key and counts as a failure for the
 circuit breaker (exec/safety.py), which, with the kill switch and the gas floor, may refuse
-a submit. `eth_sendRawTransaction` is never retried blindly: after a transport error the
-bytes may be in a mempool, so the attempt is followed by hash instead of sent twice.
+a submit. `eth_sendRawTransaction` is never retried blindly: the RPC layer re-sends the same
+bytes only while every node refused them (TxNotAccepted at its deadline); after a failure that
+may have reached a node the bytes may be in a mempool, so the attempt is followed by hash.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from keeper.errors import (
     NonceTooLow,
     RpcError,
     RpcTimeout,
+    TxNotAccepted,
     TxUnderpriced,
 )
 from keeper.exec.fees import (
@@ -504,6 +506,12 @@ class Sender:
             a.last_sent = head
             log.info("exec.replacement_refused", borrower=a.key, nonce=a.nonce, error=str(e))
             return False
+        except TxNotAccepted as e:
+            # Every endpoint refused the same bytes until the deadline: nothing replaced the live one.
+            log.warning("exec.broadcast_not_accepted", borrower=a.key, nonce=a.nonce, tx=tx_hash,
+                        error=str(e))
+            a.last_sent = head
+            return False
         except TRANSIENT_ERRORS as e:
             log.warning("exec.broadcast_uncertain", tx=tx_hash, error=type(e).__name__)
         except RpcError as e:
@@ -543,6 +551,10 @@ class Sender:
                 await self.nonces.resync()
                 if attempt == 2:
                     raise ExecutionError("the node keeps refusing the nonce as too low") from None
+            except TxNotAccepted as e:
+                # No node took the bytes (the RPC layer re-sent them until its deadline): the nonce is free.
+                await self.nonces.release(nonce)
+                raise ExecutionError(f"no endpoint accepted the transaction: {e}") from e
             except TRANSIENT_ERRORS as e:
                 # The bytes may have reached the node; follow the hash, never send twice.
                 log.warning("exec.broadcast_uncertain", tx=tx_hash, error=type(e).__name__)
@@ -659,6 +671,9 @@ class Sender:
                 await self.nonces.resync()
                 if attempt == 2:
                     raise ExecutionError("the node keeps refusing the nonce as too low") from None
+            except TxNotAccepted as e:
+                await self.nonces.release(nonce)
+                raise ExecutionError(f"no endpoint accepted the transaction: {e}") from e
             except TRANSIENT_ERRORS as e:
                 log.warning("exec.broadcast_uncertain", tx=tx_hash, error=type(e).__name__)
                 return tx_hash, nonce
