@@ -75,20 +75,24 @@ class HealthTracker:
         if self.mirror is None:
             return await self._all_on_chain(block)
         t0 = time.monotonic()
+        moved: set[Address] = set()  # accounts whose balances changed in these blocks
         if reorg or block < self.mirror.block:
             # The mirror is not reorg-aware: rebuild it from the chain as it now is.
             await self.start(self.borrowers, block)
         else:
             not_refreshed: list[Address] = []
-            await mirror_sync.catch_up(self.rpc, self.mirror, block, failed=not_refreshed)
+            caught = await mirror_sync.catch_up(self.rpc, self.mirror, block, failed=not_refreshed)
             self._deferred("mirror_refresh", not_refreshed, block)
+            moved = caught.applied.users & self.borrowers
             new = (added - set(self.mirror.users)) | (self.unrefreshed & self.borrowers)
             await self._refresh(sorted(new - set(not_refreshed)), block, keep=set(not_refreshed))
         local = self.mirror.recompute(self.borrowers)
         mirror_s = time.monotonic() - t0
-        to_read = due(block, local, self.borrowers) | {u for u, h in local.items() if h.liquidatable}
-        # Whatever the mirror could not re-read, or the chain could not answer last block, is
-        # read on chain now.
+        # Read on chain: the schedule's tiers, everything the mirror calls liquidatable, and every
+        # account that changed in these blocks (a borrower liquidated by 50% is confirmed at once,
+        # whatever the mirror thinks, so a second round is never left to a later tier), and
+        # whatever the mirror could not re-read or the chain could not answer last block.
+        to_read = due(block, local, self.borrowers) | {u for u, h in local.items() if h.liquidatable} | moved
         to_read |= (self.unread | self.unrefreshed) & self.borrowers
         chain = await self._read(sorted(to_read), block)
         drifted = [h.user for h in chain if _differs(local.get(h.user), h)]
