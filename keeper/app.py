@@ -39,6 +39,7 @@ from keeper.protocol.aave_v3 import (
     discover_market,
 )
 from keeper.sim.fork import ForkSimulator
+from keeper.sim.upstream import ForkUpstream
 from keeper.types import Address, Market
 
 log = get_logger(__name__)
@@ -95,8 +96,9 @@ class App:
             log.info("app.start", chain_id=chain_id, pool=market.pool, reserves=len(market.reserves),
                      keeper=signer.address, dry_run=s.dry_run, execution=s.execution,
                      settings=s.redacted())
-            async with await Store.open(s.db_path) as store, \
-                    ForkSimulator(s.rpc_url, s.anvil_path) as simulator:
+            # The fork reads the chain through the keeper's RpcClient (hedging, failover, retries).
+            async with await Store.open(s.db_path) as store, ForkUpstream(rpc) as upstream, \
+                    ForkSimulator(upstream.url, s.anvil_path) as simulator:
                 stages = await self._build(rpc, market, store, simulator, signer.address, sender)
                 await self._supervise(stages, until, install_signals)
         finally:

@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     # RPC tuning
     rpc_timeout_s: float = Field(10.0, gt=0)
     rpc_max_retries: int = Field(4, ge=0, le=20)
-    rpc_read_deadline_s: float = Field(1.0, gt=0, description="a read not answered by then is hedged")
+    rpc_read_deadline_s: float = Field(0.3, gt=0, description="a read not answered by then is hedged")
     rpc_send_deadline_s: float = Field(6.0, gt=0, description="how long a refused broadcast is re-sent")
     multicall_batch_size: int = Field(500, ge=1)
     # geth's default eth_call gas cap; 500 getUserAccountData ~ 23M fits with headroom.

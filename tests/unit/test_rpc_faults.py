@@ -13,8 +13,9 @@ from eth_account import Account
 from keeper.chain.multicall import multicall, multicall_partial
 from keeper.chain.rpc import RpcClient
 from keeper.devnet.proxy import RpcProxy
-from keeper.errors import RpcError
+from keeper.errors import ExecutionReverted, RpcError
 from keeper.metrics import Metrics
+from keeper.sim.upstream import ForkUpstream
 
 if TYPE_CHECKING:
     from conftest import Chain, FakeNode
@@ -96,3 +97,22 @@ async def test_a_failed_chunk_leaves_its_error_and_the_other_chunks_answer(chain
     assert 0 < faulted < 10
     assert len(failed) == 4 * faulted  # whole chunks, and only the faulted ones
     assert all(out[i] == expected[i] for i in range(len(calls)) if i not in failed)
+
+
+async def test_the_fork_upstream_answers_through_the_keepers_client(chain: Chain) -> None:
+    async with RpcProxy(chain.url, fault_rate=0.5, seed=1, faults=["503", "429", "-32005"]) as proxy:
+        async with RpcClient(proxy.url, max_retries=6, backoff_base_s=0.001) as keeper_rpc, \
+                ForkUpstream(keeper_rpc) as upstream, \
+                RpcClient(upstream.url, max_retries=0) as fork_side, RpcClient(chain.url) as direct:
+            # What Anvil's fork sees: every answer right although half the provider's requests fail.
+            for _ in range(10):
+                assert await fork_side.get_balance(chain.account) == await direct.get_balance(chain.account)
+            out = await fork_side.batch([("eth_chainId", []), ("eth_getCode", [chain.multicall3, "latest"])])
+            assert int(out[0], 16) == chain.chain_id and len(out[1]) > 100
+            try:
+                await fork_side.eth_call(chain.reverter, b"")
+            except ExecutionReverted as e:
+                assert e.data == "0xdeadbeef"  # a node's answer passes through as it was
+            else:
+                raise AssertionError("the revert was lost")
+        assert proxy.stats()["faulted_http_requests"] > 0
