@@ -71,7 +71,7 @@ class RpcClient(EthMethods):
         *,
         timeout_s: float = 10.0,
         max_retries: int = 4,
-        backoff_base_s: float = 0.25,
+        backoff_base_s: float = 0.1,
         backoff_max_s: float = 8.0,
         max_batch: int = 100,
         max_batch_bytes: int = 1_000_000,
