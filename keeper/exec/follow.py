@@ -76,7 +76,11 @@ class Follower(SenderCore):
         """One step for every attempt in flight at block `head`."""
         self.saw_head(head)
         latest_nonce = await self.rpc.get_transaction_count(self.address, "latest")
-        for attempt in list(self.registry.inflight.values()):
+        attempts = list(self.registry.inflight.values())
+        # Receipts for every version of every attempt in one request (read after the nonce count):
+        # on a chain with a block time most attempts settle here, and only the rest cost more reads.
+        await self._check_mined_all(attempts)
+        for attempt in attempts:
             if attempt.outcome is not None:
                 continue
             try:
@@ -86,8 +90,6 @@ class Follower(SenderCore):
                             error=str(e))
 
     async def _follow(self, a: Attempt, head: int, latest_nonce: int) -> None:
-        if await self._check_mined(a):
-            return
         if latest_nonce > a.nonce:
             # The nonce is used, but by none of our hashes (checked before the count was read
             # and again now): another transaction from this key took it.
@@ -97,6 +99,8 @@ class Follower(SenderCore):
         if a.route == "bundle":
             await self._follow_bundle(a, head)
             return
+        if head <= a.last_sent:
+            return  # broadcast at this head: not a block has passed, nothing to judge yet
         if a.cancel_reason is None:
             reason = await self._lost(a, head)
             if reason is None and head - a.first_block >= self.policy.max_pending_blocks:

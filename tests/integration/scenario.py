@@ -145,7 +145,7 @@ async def run_price_shock(dn: Devnet, *, symbol: str = "WETH", pct: float = -30,
         liquidations=await _liquidations(dn, market.pool, shock_block, end),
         keeper_txs=0, reverted=[], breaker_trips=breaker.trips if breaker else 0,
         cycles=len(app.reports), metrics=metrics, app=app, timed_out=timed_out)
-    result.keeper_txs, result.reverted = await _keeper_txs(dn, keeper, shock_block, end)
+    result.keeper_txs, result.reverted = await keeper_txs(dn, keeper, shock_block, end)
     log.info("scenario.done", **result.summary())
     return result
 
@@ -186,7 +186,7 @@ async def _liquidations(dn: Devnet, pool: str, from_block: int, to_block: int) -
     return out
 
 
-async def _keeper_txs(dn: Devnet, keeper: str, from_block: int, to_block: int) -> tuple[int, list[str]]:
+async def keeper_txs(dn: Devnet, keeper: str, from_block: int, to_block: int) -> tuple[int, list[str]]:
     """The keeper's mined transactions in (from_block, to_block], and those that reverted."""
     hashes = []
     for n in range(from_block, to_block + 1):
