@@ -89,7 +89,7 @@ class Metrics:
             "keeper_rpc_endpoint_latency_seconds", "Latency EWMA of an RPC endpoint", ["endpoint"], registry=r
         )
         self.rpc_endpoint_up = Gauge(
-            "keeper_rpc_endpoint_up", "0 while an RPC endpoint cools off after failures", ["endpoint"],
+            "keeper_rpc_endpoint_up", "0 while an RPC endpoint's last requests all failed", ["endpoint"],
             registry=r,
         )
         self.rpc_events = Counter(
@@ -154,7 +154,7 @@ class Metrics:
         """RpcClient health hook: `on_health=metrics.observe_endpoint` (an Endpoint)."""
         self.rpc_endpoint_errors.labels(endpoint=ep.label).set(ep.consecutive_errors)
         self.rpc_endpoint_latency.labels(endpoint=ep.label).set(ep.latency_ewma_s)
-        self.rpc_endpoint_up.labels(endpoint=ep.label).set(0 if ep.cooling() else 1)
+        self.rpc_endpoint_up.labels(endpoint=ep.label).set(0 if ep.down else 1)
 
     def count_rpc_event(self, event: str, endpoint: str) -> None:
         """RpcClient event hook: `on_event=metrics.count_rpc_event`."""
