@@ -34,7 +34,7 @@ from keeper.chain.broadcast import broadcast_raw
 from keeper.chain.endpoints import Endpoint, EndpointPool
 from keeper.chain.eth_methods import EthMethods, _hex_data, call_params
 from keeper.chain.rpc_errors import _OUTCOMES, SEND_METHODS, classify_error, outcome_of  # noqa: F401
-from keeper.errors import TRANSIENT_ERRORS, RpcError
+from keeper.errors import NOT_ACCEPTED_ERRORS, TRANSIENT_ERRORS, RpcError
 from keeper.log import get_logger, redact_url
 
 __all__ = [
@@ -163,13 +163,19 @@ class RpcClient(EthMethods):
         raise AssertionError("unreachable")
 
     async def _request(
-        self, payload: Any, method: str, timeout_s: float | None, *, hedge: bool, tried: list[Endpoint]
+        self,
+        payload: Any,
+        method: str,
+        timeout_s: float | None,
+        *,
+        hedge: bool,
+        tried: list[Endpoint],
+        first: Endpoint | None = None,
     ) -> Any:
-        """One logical request: to the best endpoint not `tried` yet, hedged on another if it stalls.
-
-        Appends the endpoints it uses to `tried`, so a retry goes elsewhere first."""
+        """One logical request: to the best endpoint not `tried` yet (or `first`), hedged on
+        another if it stalls. Appends the endpoints it uses to `tried`, so a retry goes elsewhere."""
         timeout = timeout_s or self.timeout_s
-        first = self.pool.pick(exclude=tried)
+        first = first or self.pool.pick(exclude=tried)
         if tried and first not in tried:
             self._event("failover", first.label)
         tried.append(first)
@@ -228,10 +234,12 @@ class RpcClient(EthMethods):
         method = "eth_sendRawTransaction"
 
         async def send_one(ep: Endpoint) -> str:
+            # A copy that stalls is hedged with the identical bytes (same hash, same nonce: safe).
             t0 = time.monotonic()
             payload = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": [raw_hex]}
             try:
-                result = self._unwrap(await self._attempt(ep, payload, method, self.timeout_s), method)
+                body = await self._request(payload, method, None, hedge=True, tried=[], first=ep)
+                result = self._unwrap(body, method)
             except RpcError as e:
                 self._observe(method, time.monotonic() - t0, outcome_of(e))
                 raise
@@ -401,9 +409,13 @@ class RpcClient(EthMethods):
 
 
 async def _first_answer(tasks: list[asyncio.Task[Any]]) -> Any:
-    """The first task to answer, or to fail for good; a transient failure waits for the others."""
+    """The first task to answer, or to fail for good; a transient failure waits for the others.
+
+    When every copy failed transiently, a failure that may have reached the node (timeout,
+    connection lost) is raised over a definite refusal: a hedged broadcast is then "uncertain",
+    never "not accepted"."""
     pending = set(tasks)
-    last: BaseException | None = None
+    failures: list[BaseException] = []
     while pending:
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         for t in done:
@@ -412,9 +424,9 @@ async def _first_answer(tasks: list[asyncio.Task[Any]]) -> Any:
                 return t.result()
             if not isinstance(exc, TRANSIENT_ERRORS):
                 raise exc
-            last = exc
-    assert last is not None
-    raise last
+            failures.append(exc)
+    uncertain = [e for e in failures if not isinstance(e, NOT_ACCEPTED_ERRORS)]
+    raise (uncertain or failures)[-1]
 
 
 def _latency_key(payload: Any) -> str:
