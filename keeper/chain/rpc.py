@@ -163,19 +163,13 @@ class RpcClient(EthMethods):
         raise AssertionError("unreachable")
 
     async def _request(
-        self,
-        payload: Any,
-        method: str,
-        timeout_s: float | None,
-        *,
-        hedge: bool,
-        tried: list[Endpoint],
-        first: Endpoint | None = None,
+        self, payload: Any, method: str, timeout_s: float | None, *, hedge: bool, tried: list[Endpoint]
     ) -> Any:
-        """One logical request: to the best endpoint not `tried` yet (or `first`), hedged on
-        another if it stalls. Appends the endpoints it uses to `tried`, so a retry goes elsewhere."""
+        """One logical request: to the best endpoint not `tried` yet, hedged on another if it stalls.
+
+        Appends the endpoints it uses to `tried`, so a retry goes elsewhere first."""
         timeout = timeout_s or self.timeout_s
-        first = first or self.pool.pick(exclude=tried)
+        first = self.pool.pick(exclude=tried)
         if tried and first not in tried:
             self._event("failover", first.label)
         tried.append(first)
@@ -234,12 +228,12 @@ class RpcClient(EthMethods):
         method = "eth_sendRawTransaction"
 
         async def send_one(ep: Endpoint) -> str:
-            # A copy that stalls is hedged with the identical bytes (same hash, same nonce: safe).
+            # Never hedged: a second copy answered "nonce too low" because the first copy was
+            # already mined would read as "nothing went out" and the liquidation be signed twice.
             t0 = time.monotonic()
             payload = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": [raw_hex]}
             try:
-                body = await self._request(payload, method, None, hedge=True, tried=[], first=ep)
-                result = self._unwrap(body, method)
+                result = self._unwrap(await self._attempt(ep, payload, method, self.timeout_s), method)
             except RpcError as e:
                 self._observe(method, time.monotonic() - t0, outcome_of(e))
                 raise
@@ -412,8 +406,7 @@ async def _first_answer(tasks: list[asyncio.Task[Any]]) -> Any:
     """The first task to answer, or to fail for good; a transient failure waits for the others.
 
     When every copy failed transiently, a failure that may have reached the node (timeout,
-    connection lost) is raised over a definite refusal: a hedged broadcast is then "uncertain",
-    never "not accepted"."""
+    connection lost) is raised over a definite refusal."""
     pending = set(tasks)
     failures: list[BaseException] = []
     while pending:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import pytest
 from eth_account import Account
 
 from keeper.chain.multicall import multicall, multicall_partial
 from keeper.chain.rpc import RpcClient
 from keeper.devnet.proxy import RpcProxy
-from keeper.errors import ExecutionReverted, RpcError, RpcTimeout
+from keeper.errors import ExecutionReverted, RpcError
 from keeper.metrics import Metrics
 from keeper.sim.upstream import ForkUpstream
 
@@ -119,19 +118,12 @@ async def test_the_fork_upstream_answers_through_the_keepers_client(chain: Chain
         assert proxy.stats()["faulted_http_requests"] > 0
 
 
-async def test_a_stalled_broadcast_is_hedged_with_the_identical_bytes(fake_node: FakeNode) -> None:
+
+async def test_a_stalled_broadcast_is_never_hedged(fake_node: FakeNode) -> None:
+    # A second copy could be answered "nonce too low" because the first one was mined, which
+    # would read as "nothing went out": a broadcast waits for its own answer.
     tx_hash = "0x" + "cd" * 32
-    fake_node.script = [fake_node.hang(5), fake_node.result(tx_hash)]
-    async with RpcClient(fake_node.url, timeout_s=10, read_deadline_s=0.1) as rpc:
-        assert await rpc.send_raw_transaction(b"\x02\x01") == tx_hash
-    assert [r["params"] for r in fake_node.requests] == [["0x0201"], ["0x0201"]]
-
-
-async def test_a_hedged_broadcast_that_may_have_arrived_stays_uncertain(fake_node: FakeNode) -> None:
-    # The first copy reached the node and timed out; the hedge was refused. Not "not accepted":
-    # the nonce must not be released while the first copy may be in the mempool.
-    fake_node.script = [fake_node.hang(5), fake_node.http(503)]
-    async with RpcClient(fake_node.url, timeout_s=0.5, read_deadline_s=0.1, send_deadline_s=0.2) as rpc:
-        with pytest.raises(RpcTimeout):
-            await rpc.send_raw_transaction(b"\x02\x01")
-    assert len(fake_node.requests) == 2
+    fake_node.script = [fake_node.hang(0.5), fake_node.result(tx_hash)]
+    async with RpcClient(fake_node.url, timeout_s=10, read_deadline_s=0.05) as rpc:
+        assert await rpc.send_raw_transaction(b"\x02\x01") == "0x0"  # the stalled copy's answer
+    assert len(fake_node.requests) == 1
