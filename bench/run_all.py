@@ -11,6 +11,9 @@ SCRIPTS = (
     ["keeper_path.py", "200", "2000", "10000"],
     ["latency.py", "10000"],
     ["mirror_recompute.py", "--borrowers", "10000"],
+    ["routes.py", "usdc_hub"],
+    ["routes.py", "default"],
+    ["oracle_poll.py", "--borrowers", "2000"],
 )
 
 if __name__ == "__main__":

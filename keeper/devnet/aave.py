@@ -78,6 +78,7 @@ class Deployment:
     feeds: dict[str, str]  # symbol -> DevnetPriceFeed
     start_block: int
     deploy_block: int
+    chainlink: dict | None = None  # `--oracle chainlink`: keeper/devnet/chainlink.py's ChainlinkOracle
 
     def to_json(self) -> dict:
         return asdict(self)

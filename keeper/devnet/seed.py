@@ -254,6 +254,10 @@ class Seeder:
 async def set_price(rpc: RpcClient, deployment: Deployment, symbol: str, price_e8: int,
                     *, sender: str | None = None) -> str:
     """Move a devnet feed; the feed emits AnswerUpdated like a Chainlink aggregator."""
+    if deployment.chainlink is not None:  # `--oracle chainlink`: through the aggregator or CAPO ratio
+        from keeper.devnet.chainlink import set_price as chainlink_set_price
+
+        return await chainlink_set_price(rpc, deployment, symbol, price_e8)
     data = SEL_SET_ANSWER + encode(["int256"], [price_e8])
     receipt = await send_as(rpc, sender or deployment.deployer, deployment.feeds[symbol], data, gas=200_000,
                             what=f"setAnswer on the {symbol} feed")

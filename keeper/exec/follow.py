@@ -92,8 +92,12 @@ class Follower(SenderCore):
     async def _follow(self, a: Attempt, head: int, latest_nonce: int) -> None:
         if latest_nonce > a.nonce:
             # The nonce is used, but by none of our hashes (checked before the count was read
-            # and again now): another transaction from this key took it.
-            if not await self._check_mined(a):
+            # and again now). A node can show the new nonce a moment before the receipt (Anvil
+            # mid-block, two backends behind one RPC URL): only if that still holds at a later
+            # block did another transaction from this key take it.
+            if a.nonce_used_at is None:
+                a.nonce_used_at = head
+            elif head > a.nonce_used_at and not await self._check_mined(a):
                 self._finish(a, "dropped", "nonce_used_elsewhere", head)
             return
         if a.route == "bundle":

@@ -212,6 +212,10 @@ class HealthMirror:
         that compute a price (CAPO, ratio adapters) have no such log: re-read those each block."""
         self._map_source(asset, to_checksum_address(emitter))
 
+    def remove_price_emitter(self, emitter: Address, asset: Address) -> None:
+        """Stop taking `asset`'s price from `emitter` (a proxy re-pointed, a source replaced)."""
+        self._unmap_source(asset, to_checksum_address(emitter))
+
     def advance_to(self, block: int, timestamp: int) -> None:
         """Declare every log up to `block` applied; health defaults to this block's timestamp."""
         self.block, self.timestamp = block, timestamp

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from eth_utils import to_checksum_address
 
@@ -170,10 +171,20 @@ async def read_account_data(rpc: RpcClient, pool: Address, users: Sequence[Addre
     calls = [(pool, GET_USER_ACCOUNT_DATA.encode(u)) for u in users]
     results = await multicall(rpc, calls, block, batch_size=batch_size, gas_per_batch=gas_per_batch,
                               partial=failed is not None)
+    return decode_account_data(users, results, block, failed=failed)
+
+
+def decode_account_data(users: Sequence[Address], results: Sequence[Any], block: int,
+                        failed: list[Address] | None = None) -> list[AccountHealth]:
+    """getUserAccountData results (one per user, in order) as AccountHealth; a failed one raises.
+
+    With `failed`, a user whose request failed for good (an RpcError in its slot) is appended to
+    it and left out instead."""
     out = []
     for user, result in zip(users, results, strict=True):
         if isinstance(result, RpcError):
-            assert failed is not None
+            if failed is None:
+                raise result
             failed.append(user)
             continue
         c, d, avail, lt, ltv, hf = GET_USER_ACCOUNT_DATA.decode(_ok(result, f"getUserAccountData({user})"))
