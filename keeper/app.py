@@ -93,7 +93,8 @@ class App:
             if s.metrics_port:  # up before the backfill, so /readyz can say it is not done
                 runner = await serve(self.metrics, s.metrics_host, s.metrics_port,
                                      routes=health_routes(self.health))
-            market = await discover_market(rpc, s.pool_addresses_provider)
+            market = await discover_market(rpc, s.pool_addresses_provider,
+                                           revision_override=s.pool_revision_override)
             signer = self._signer(chain_id)
             sender = self.sender = None if s.dry_run else self._sender(rpc, signer)
             if sender is not None and sender.safety is not None:
@@ -108,6 +109,7 @@ class App:
             if s.execution != "flashloan" and sender is not None:
                 await approve_inventory(rpc, market, sender)
             log.info("app.start", chain_id=chain_id, pool=market.pool, reserves=len(market.reserves),
+                     pool_revision=market.rules.revision, rules=market.rules.name,
                      keeper=signer.address, dry_run=s.dry_run, execution=s.execution,
                      settings=s.redacted())
             # The fork reads the chain through the keeper's RpcClient (hedging, failover, retries).

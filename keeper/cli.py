@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--borrowers", type=int, default=200)
     up.add_argument("--seed", type=int, default=7)
     up.add_argument("--block-time", type=int, default=None, help="interval mining, whole seconds per block")
+    up.add_argument("--aave", choices=("3.6", "3.0"), default="3.6",
+                    help="market flavour: 3.6 (aave-v3-origin, default) or 3.0 (@aave/core-v3 1.19.3)")
     up.add_argument("--oracle", choices=("devnet", "chainlink"), default="devnet",
                     help="chainlink: Chainlink proxies over aggregators, one event-less CAPO-style adapter")
     up.add_argument("--sequencer", action="store_true",
@@ -128,7 +130,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "devnet":
         if args.devnet_command == "up":
             return await commands.devnet_up(settings, port=args.port, borrowers=args.borrowers,
-                                            seed=args.seed, block_time=args.block_time,
+                                            seed=args.seed, block_time=args.block_time, aave=args.aave,
                                             oracle=args.oracle, sequencer=args.sequencer)
         if args.devnet_command == "down":
             return await commands.devnet_down(port=args.port)

@@ -191,6 +191,7 @@ async def executor_deploy(settings: Settings) -> int:
 
 async def devnet_up(
     settings: Settings, *, port: int, borrowers: int, seed: int, block_time: int | None,
+    aave: str = "3.6",
     oracle: str = "devnet", sequencer: bool = False,
 ) -> int:
     from keeper.devnet import state
@@ -208,6 +209,7 @@ async def devnet_up(
         seed=seed,
         port=port,
         block_time=block_time,
+        aave=aave,
         oracle=oracle,
         sequencer=sequencer,
         detach=True,

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     min_profit_usd: Decimal = Field(Decimal(1), ge=0)
     # the reserve whose oracle price prices gas; default: the market's WETH/WMATIC/... reserve
     native_asset: str | None = None
+    pool_revision_override: int | None = Field(
+        None, ge=0, description="use instead of POOL_REVISION() to choose the rules; unknown: fork sizing")
     max_fee_gwei: Decimal = Field(Decimal(500), gt=0)
 
     # sending: fees, replacement, private submission (keeper/exec)

@@ -26,6 +26,7 @@ from keeper.protocol.aave_v3 import BALANCE_OF, read_emode_categories, read_pric
 from keeper.protocol.math import MINIMUM_HEALTH_FACTOR_LIQUIDATION_THRESHOLD_WAD
 from keeper.protocol.uniswap_graph import RouteFinder
 from keeper.sim.fork import ForkSimulator, TxRequest
+from keeper.sim.search import best_by_fork
 from keeper.strategy.opportunity import Candidate, best_opportunity, evaluate_position, to_opportunity
 from keeper.strategy.profit import Costs, ProfitBreakdown, flash_premium, profit, value_base_floor
 from keeper.strategy.routes import best_net_route, choose_execution, pair_names
@@ -204,6 +205,8 @@ class Pipeline:
         costs = self._costs(position, fees)
         plan_for = {"flashloan": self._plan_flash, "inventory": self._plan_inventory,
                     "auto": self._plan_auto}[self.settings.execution]
+        if self.market.rules.sizing == "simulate":  # an unknown revision: no ported rules are trusted
+            plan_for = self._plan_by_fork
         planned = await plan_for(position, costs, bonuses)
         if isinstance(planned, _Skip):
             return self._skip(report, planned.reason, position.user, **planned.kv)
@@ -228,7 +231,22 @@ class Pipeline:
 
     async def _plan_inventory(self, position: Position, costs: Costs, bonuses: dict[Address, int]) -> Planned:
         opp = best_opportunity(position, self.market.reserves, costs, bonus_overrides_bps=bonuses,
-                               min_net_profit_base=-(2**255))
+                               min_net_profit_base=-(2**255), sizing=self.market.rules.sizing)
+        if opp is None:
+            return _Skip("no_liquidatable_pair")
+        if opp.net_profit_base < self.min_profit_base:
+            return _Skip("unprofitable", {"predicted_base": opp.net_profit_base})
+        return opp, inventory_tx(opp, self.market, self.keeper)
+
+    async def _plan_by_fork(self, position: Position, costs: Costs, bonuses: dict[Address, int]) -> Planned:
+        """An unknown revision: pair and debtToCover are searched on the fork (from inventory only)."""
+        if self.settings.execution != "inventory":
+            return _Skip("unknown_rules_needs_inventory")
+
+        async def simulate(opp: Opportunity) -> SimResult:
+            return await self._simulate(opp, inventory_tx(opp, self.market, self.keeper), position, costs)
+
+        opp = await best_by_fork(position, simulate, costs.native_price_base)
         if opp is None:
             return _Skip("no_liquidatable_pair")
         if opp.net_profit_base < self.min_profit_base:
@@ -252,7 +270,8 @@ class Pipeline:
         """The best inventory liquidation whose debt asset the wallet holds (on the fork: this cycle's
         earlier liquidations have already spent some)."""
         balances: dict[Address, int] = {}
-        for c in evaluate_position(position, self.market.reserves, costs, bonus_overrides_bps=bonuses):
+        for c in evaluate_position(position, self.market.reserves, costs, bonus_overrides_bps=bonuses,
+                                   sizing=self.market.rules.sizing):
             if c.debt_asset not in balances:
                 raw = await self.sim.rpc.eth_call(c.debt_asset, BALANCE_OF.encode(self.keeper), "latest")
                 balances[c.debt_asset] = BALANCE_OF.decode_one(raw)
@@ -269,8 +288,8 @@ class Pipeline:
     async def _plan_flash(self, position: Position, costs: Costs, bonuses: dict[Address, int]) -> Planned:
         """Price the best few sizings with real swap quotes; the oracle alone would flatter them."""
         costs = replace(costs, flash_premium_bps=self.market.flash_loan_premium_bps)
-        candidates = evaluate_position(position, self.market.reserves, costs,
-                                       bonus_overrides_bps=bonuses)[:FLASH_CANDIDATES]
+        candidates = evaluate_position(position, self.market.reserves, costs, bonus_overrides_bps=bonuses,
+                                       sizing=self.market.rules.sizing)[:FLASH_CANDIDATES]
         if not candidates:
             return _Skip("no_liquidatable_pair")
         if self.routes is not None:

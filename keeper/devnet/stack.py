@@ -10,6 +10,7 @@ from eth_abi import encode
 
 from keeper.chain.rpc import RpcClient
 from keeper.devnet.aave import ASSETS, Deployment, deploy_market
+from keeper.devnet.aave30 import deploy_market_v30, with_stable_debt
 from keeper.devnet.anvil import Anvil, AnvilOptions
 from keeper.devnet.chain import DevChain, send_as
 from keeper.devnet.chainlink import deploy_chainlink_oracle
@@ -70,6 +71,7 @@ async def launch(
     fund_keeper_usd: int = 5_000_000,
     anvil_binary: Path | None = None,
     dex_depth_usd: int = 10_000_000,
+    aave: str = "3.6",
     uniswap_layout: str = "default",
     oracle: str = "devnet",
     sequencer: bool = False,
@@ -92,12 +94,14 @@ async def launch(
         timings: dict[str, float] = {}
         chain = DevChain(anvil.url)
         t0 = time.monotonic()
-        deployment = await deploy_market(chain)
+        deployment = await (deploy_market_v30 if aave == "3.0" else deploy_market)(chain)
         if oracle == "chainlink":
             deployment = await deploy_chainlink_oracle(chain, rpc, deployment, sequencer=sequencer)
         await chain.close()
         timings["deploy_s"] = time.monotonic() - t0
         plans = plan_borrowers(borrowers, seed=seed)
+        if aave == "3.0":
+            plans = with_stable_debt(plans)
         t0 = time.monotonic()
         await Seeder(rpc, deployment).seed(plans)
         timings["seeding_s"] = time.monotonic() - t0

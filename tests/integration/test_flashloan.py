@@ -66,8 +66,9 @@ def _patient(patience: int = 6):
     return done
 
 
-async def test_wallet_with_only_eth_liquidates_every_shocked_position_at_a_profit(any_chain: Devnet) -> None:
-    chain = any_chain  # automine, and 1-second blocks
+async def test_wallet_with_only_eth_liquidates_every_shocked_position_at_a_profit(
+        flavour_chain: Devnet) -> None:
+    chain = flavour_chain  # Aave v3.6 and v3.0
     address, key, executor = await _fresh_keeper(chain, chain.uniswap.router, "only-eth")
     assert all(v == 0 for v in (await _balances(chain, address)).values())
     await shock(chain.rpc, chain.deployment, "WETH", -15)
