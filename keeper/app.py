@@ -41,6 +41,7 @@ from keeper.protocol.aave_v3 import (
     discover_market,
 )
 from keeper.sim.fork import ForkSimulator
+from keeper.sim.upstream import ForkUpstream
 from keeper.types import Address, Market
 
 log = get_logger(__name__)
@@ -52,8 +53,10 @@ async def connect(settings: Settings, metrics: Metrics,
                   observer: RpcObserver | None = None) -> tuple[RpcClient, int]:
     """Open the RPC and check it answers (and is the expected chain) before anything else."""
     settings.require("rpc_url", "pool_addresses_provider")
-    rpc = RpcClient(settings.rpc_url, timeout_s=settings.rpc_timeout_s,
-                    max_retries=settings.rpc_max_retries, on_request=observer or metrics.observe_rpc)
+    rpc = RpcClient(settings.rpc_endpoints(), timeout_s=settings.rpc_timeout_s,
+                    max_retries=settings.rpc_max_retries, read_deadline_s=settings.rpc_read_deadline_s,
+                    send_deadline_s=settings.rpc_send_deadline_s, on_request=observer or metrics.observe_rpc,
+                    on_event=metrics.count_rpc_event, on_health=metrics.observe_endpoint)
     await rpc.start()
     try:
         chain_id = await rpc.chain_id()
@@ -109,8 +112,9 @@ class App:
                      pool_revision=market.rules.revision, rules=market.rules.name,
                      keeper=signer.address, dry_run=s.dry_run, execution=s.execution,
                      settings=s.redacted())
-            async with await Store.open(s.db_path) as store, \
-                    ForkSimulator(s.rpc_url, s.anvil_path) as simulator:
+            # The fork reads the chain through the keeper's RpcClient (hedging, failover, retries).
+            async with await Store.open(s.db_path) as store, ForkUpstream(rpc) as upstream, \
+                    ForkSimulator(upstream.url, s.anvil_path) as simulator:
                 stages = await self._build(rpc, market, store, simulator, signer.address, sender)
                 await self._supervise(stages, until, install_signals)
         finally:
@@ -136,7 +140,7 @@ class App:
         started = await index.start()
         m.indexed_block.set(started.block)
         tracker = HealthTracker(rpc, market, source=s.health_source, batch_size=s.multicall_batch_size,
-                                gas_per_batch=s.multicall_gas)
+                                gas_per_batch=s.multicall_gas, metrics=m)
         self.health.set_phase("mirror bootstrap")
         await tracker.start(index.borrowers(), started.block)
         self.health.mark_ready()

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 
 from keeper.chain.multicall import multicall
 from keeper.chain.rpc import RpcClient
+from keeper.errors import RpcError
 from keeper.health import mirror_sync
 from keeper.health.feeds import OracleFeeds, PollResult, recompute_moved
 from keeper.health.mirror import HealthMirror
 from keeper.health.schedule import DEFAULT_TIERS, Tier, due
 from keeper.log import get_logger
+from keeper.metrics import Metrics
 from keeper.protocol.aave_v3 import GET_USER_ACCOUNT_DATA, decode_account_data, read_account_health
 from keeper.types import AccountHealth, Address, Market
 
@@ -48,12 +50,17 @@ class HealthTracker:
         batch_size: int = 500,
         gas_per_batch: int = 50_000_000,
         tiers: tuple[Tier, ...] = DEFAULT_TIERS,
+        metrics: Metrics | None = None,
     ) -> None:
         self.rpc, self.market, self.source = rpc, market, source
         self.batch_size, self.gas, self.tiers = batch_size, gas_per_batch, tiers
+        self.metrics = metrics
         self.mirror: HealthMirror | None = None
         self.feeds: OracleFeeds | None = None
         self.borrowers: set[Address] = set()
+        # Reads whose request failed for good: retried next block while the rest goes on.
+        self.unread: set[Address] = set()  # getUserAccountData
+        self.unrefreshed: set[Address] = set()  # the mirror's per-user state
 
     async def start(self, borrowers: Iterable[Address], block: int) -> None:
         self.borrowers = set(borrowers)
@@ -74,6 +81,7 @@ class HealthTracker:
     ) -> HealthView:
         added, removed = set(added), set(removed)
         self.borrowers = (self.borrowers | added) - removed
+        unread, self.unread = self.unread, set()  # last block's failed reads are read again now
         if self.mirror is None or self.feeds is None:
             return await self._all_on_chain(block)
         t0 = time.monotonic()
@@ -82,18 +90,22 @@ class HealthTracker:
             # The mirror is not reorg-aware: rebuild it from the chain as it now is.
             await self.start(self.borrowers, block)
         else:
-            caught = await mirror_sync.catch_up(self.rpc, self.mirror, block)
-            moved = caught.applied.users & self.borrowers
+            not_refreshed: list[Address] = []
+            caught = await mirror_sync.catch_up(self.rpc, self.mirror, block, failed=not_refreshed)
+            self._deferred("mirror_refresh", not_refreshed, block)
             await self.feeds.sync(block, everything=caught.rebootstrapped)
-            new = sorted(added - set(self.mirror.users))
-            await mirror_sync.refresh_users(self.rpc, self.mirror, new, block, batch_size=self.batch_size)
+            moved = caught.applied.users & self.borrowers
+            new = (added - set(self.mirror.users)) | (self.unrefreshed & self.borrowers)
+            await self._refresh(sorted(new - set(not_refreshed)), block, keep=set(not_refreshed))
         local = self.mirror.recompute(self.borrowers)
         mirror_s = time.monotonic() - t0
         # Read on chain: the schedule's tiers, everything the mirror calls liquidatable, and every
         # account that changed in these blocks (a borrower liquidated by 50% is confirmed at once,
-        # whatever the mirror thinks, so a second round is never left to a later tier).
-        to_read = due(block, local, self.borrowers, self.tiers) | {u for u, h in local.items()
-                                                                   if h.liquidatable} | moved
+        # whatever the mirror thinks, so a second round is never left to a later tier), and
+        # whatever the mirror could not re-read or the chain could not answer last block.
+        to_read = (due(block, local, self.borrowers, self.tiers)
+                   | {u for u, h in local.items() if h.liquidatable} | moved)
+        to_read |= (unread | self.unrefreshed) & self.borrowers
         chain, poll = await self._read_and_poll(sorted(to_read), block)
         if poll.moved:  # an event-less price moved: its users are recomputed and confirmed this block
             confirm = recompute_moved(self.mirror, poll, self.borrowers, local, to_read)
@@ -101,7 +113,7 @@ class HealthTracker:
         drifted = [h.user for h in chain if _differs(local.get(h.user), h)]
         if drifted:
             log.warning("health.mirror_drift", block=block, users=len(drifted), sample=drifted[:3])
-            await mirror_sync.refresh_users(self.rpc, self.mirror, drifted, block, batch_size=self.batch_size)
+            await self._refresh(drifted, block, keep=set(self.unrefreshed))
         tracked = sum(1 for h in local.values() if h.total_debt_base) + sum(
             1 for h in chain if h.user not in local and h.total_debt_base
         )
@@ -122,14 +134,41 @@ class HealthTracker:
         assert self.mirror is not None and self.feeds is not None
         calls = [(self.market.pool, GET_USER_ACCOUNT_DATA.encode(u)) for u in users]
         results = await multicall(self.rpc, calls + self.feeds.poll_calls(), block,
-                                  batch_size=self.batch_size, gas_per_batch=self.gas)
-        poll = await self.feeds.apply_poll(results[len(users):], block)
-        return decode_account_data(users, results[: len(users)], block), poll
+                                  batch_size=self.batch_size, gas_per_batch=self.gas, partial=True)
+        polled = results[len(users):]
+        for r in polled:
+            if isinstance(r, RpcError):
+                raise r  # the oracle poll is one small chunk: without it, skip the block
+        poll = await self.feeds.apply_poll(polled, block)
+        failed: list[Address] = []
+        healths = decode_account_data(users, results[: len(users)], block, failed=failed)
+        self.unread |= set(failed)
+        self._deferred("account_data", failed, block)
+        return healths, poll
 
     async def _read(self, users: list[Address], block: int) -> list[AccountHealth]:
-        return await read_account_health(
-            self.rpc, self.market, users, block, batch_size=self.batch_size, gas_per_batch=self.gas
+        failed: list[Address] = []
+        out = await read_account_health(
+            self.rpc, self.market, users, block, batch_size=self.batch_size, gas_per_batch=self.gas,
+            failed=failed,
         )
+        self.unread |= set(failed)
+        self._deferred("account_data", failed, block)
+        return out
+
+    async def _refresh(self, users: list[Address], block: int, keep: set[Address] | None = None) -> None:
+        failed: list[Address] = []
+        await mirror_sync.refresh_users(self.rpc, self.mirror, users, block, batch_size=self.batch_size,
+                                        failed=failed)
+        self.unrefreshed = (keep or set()) | set(failed)
+        self._deferred("mirror_refresh", failed, block)
+
+    def _deferred(self, stage: str, users: list[Address], block: int) -> None:
+        if not users:
+            return
+        log.warning("health.chunk_failed", stage=stage, block=block, users=len(users), retry="next_block")
+        if self.metrics is not None:
+            self.metrics.read_chunks_failed.labels(stage=stage).inc()
 
 
 def _differs(local: AccountHealth | None, chain: AccountHealth) -> bool:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from eth_utils import to_checksum_address
 
 from keeper.chain.multicall import multicall
 from keeper.chain.rpc import RpcClient
-from keeper.errors import ConfigError, KeeperError
+from keeper.errors import ConfigError, KeeperError, RpcError
 from keeper.protocol.abi import decode_revert, event, fn
 from keeper.protocol.rules import detect_rules
 from keeper.types import AccountHealth, Address, Market, Reserve, ReservePosition
@@ -164,25 +165,38 @@ async def _read_reserves(rpc: RpcClient, pool: Address, oracle: Address, assets:
 
 
 async def read_account_health(rpc: RpcClient, market: Market, users: Sequence[Address], block: int,
-                              *, batch_size: int = 500, gas_per_batch: int = 50_000_000
-                              ) -> list[AccountHealth]:
-    """getUserAccountData for every user at one block. A failed read raises; it is never 'healthy'."""
+                              *, batch_size: int = 500, gas_per_batch: int = 50_000_000,
+                              failed: list[Address] | None = None) -> list[AccountHealth]:
+    """getUserAccountData for every user at one block. A failed read raises; it is never 'healthy'.
+
+    With `failed` given, users whose request failed for good are appended to it (and left out
+    of the result) instead of raising, so the other chunks' answers are still used."""
     return await read_account_data(rpc, market.pool, users, block, batch_size=batch_size,
-                                   gas_per_batch=gas_per_batch)
+                                   gas_per_batch=gas_per_batch, failed=failed)
 
 
 async def read_account_data(rpc: RpcClient, pool: Address, users: Sequence[Address], block: int,
-                            *, batch_size: int = 500, gas_per_batch: int = 50_000_000) -> list[AccountHealth]:
+                            *, batch_size: int = 500, gas_per_batch: int = 50_000_000,
+                            failed: list[Address] | None = None) -> list[AccountHealth]:
     calls = [(pool, GET_USER_ACCOUNT_DATA.encode(u)) for u in users]
-    results = await multicall(rpc, calls, block, batch_size=batch_size, gas_per_batch=gas_per_batch)
-    return decode_account_data(users, results, block)
+    results = await multicall(rpc, calls, block, batch_size=batch_size, gas_per_batch=gas_per_batch,
+                              partial=failed is not None)
+    return decode_account_data(users, results, block, failed=failed)
 
 
-def decode_account_data(users: Sequence[Address], results: Sequence[tuple[bool, bytes]],
-                        block: int) -> list[AccountHealth]:
-    """getUserAccountData results (one per user, in order) as AccountHealth; a failed one raises."""
+def decode_account_data(users: Sequence[Address], results: Sequence[Any], block: int,
+                        failed: list[Address] | None = None) -> list[AccountHealth]:
+    """getUserAccountData results (one per user, in order) as AccountHealth; a failed one raises.
+
+    With `failed`, a user whose request failed for good (an RpcError in its slot) is appended to
+    it and left out instead."""
     out = []
     for user, result in zip(users, results, strict=True):
+        if isinstance(result, RpcError):
+            if failed is None:
+                raise result
+            failed.append(user)
+            continue
         c, d, avail, lt, ltv, hf = GET_USER_ACCOUNT_DATA.decode(_ok(result, f"getUserAccountData({user})"))
         out.append(AccountHealth(user, block, c, d, avail, lt, ltv, hf))
     return out
