@@ -166,6 +166,8 @@ class Metrics:
             self.reconnects.labels(reason=reason)
         for reason in SKIP_REASONS:
             self.skipped.labels(reason=reason)
+        for event in ("rebroadcast", "not_accepted"):  # broadcast events are counted for "all" endpoints
+            self.rpc_events.labels(event=event, endpoint="all")
 
     def observe_rpc(self, method: str, seconds: float, outcome: str) -> None:
         """RpcClient observer: `RpcClient(url, on_request=metrics.observe_rpc)`."""
