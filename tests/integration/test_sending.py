@@ -586,7 +586,9 @@ async def test_the_breaker_trips_after_n_forced_reverts_and_indexing_goes_on(
         await shock(rpc, dn.deployment, "WETH", -15)
         await _eventually(lambda: app.sender.safety.breaker.is_open(), 30, "the breaker to trip")
         tripped_cycles = len(app.reports)
-        forced["tripped_at"] = await rpc.block_number()
+        # What had been sent when it tripped: transactions sent before may still be mined later.
+        forced["sends_at_trip"] = metrics.liquidations.labels(outcome="sent")._value.get()
+        forced["nonce_at_trip"] = await rpc.get_transaction_count(KEEPER_ADDRESS, "pending")
         await shock(rpc, dn.deployment, "WETH", -15)  # liquidatable again: the open breaker refuses
         tracked = metrics.borrowers_tracked._value.get()
         # A new borrower arrives after the trip: the index and the health stage pick it up.
@@ -603,7 +605,8 @@ async def test_the_breaker_trips_after_n_forced_reverts_and_indexing_goes_on(
     # time it could not wait for each), so all of that cycle's may revert; nothing after the trip.
     assert 3 <= len(sent) <= len(users) and all(t["status"] == 0 for t in sent)
     assert metrics.liquidations.labels(outcome="reverted")._value.get() == len(sent)
-    assert all(t["block"] <= forced["tripped_at"] for t in sent)
+    assert metrics.liquidations.labels(outcome="sent")._value.get() == forced["sends_at_trip"]
+    assert all(int(t["nonce"], 16) < forced["nonce_at_trip"] for t in sent)
     assert metrics.skipped.labels(reason="breaker_open")._value.get() >= 1
     assert metrics.borrowers_tracked._value.get() == len(users) + 1
 
