@@ -1,0 +1,221 @@
+"""The keeper against a naive poller, in one run, on a chain that mines a block every second.
+
+    .venv/bin/python bench/race.py 1000 [10000 100000] [--shocks 20] [--profile]
+
+For each size: launch a devnet with N real Pool positions (automine for set-up), time the
+backfill, the full health refresh (Multicall3 vs one getUserAccountData at a time) and the
+mirror recompute in process; then switch Anvil to 1-second interval mining and start, as
+separate processes, `keeper run` (inventory, its own wallet) and bench/naive.py (another
+wallet), each behind its own recording proxy. Then:
+- steady state: requests per block for each, over 10 blocks with no price move;
+- `--shocks` price drops of different assets and sizes, each restored after 8 blocks:
+  shock-to-send (the block carrying the update, as first seen on a newHeads socket, to the
+  keeper's first eth_sendRawTransaction at the proxy), which block each newly liquidatable
+  position was first liquidated in and by whom, and requests per block during the shock;
+- the naive keeper stops, and WETH falls 30% with the keeper alone (issue 9): blocks from the
+  shock to the last liquidation, liquidatable accounts left, reverted transactions, breaker trips;
+- the keeper's peak RSS (VmHWM) and its cycle-time histogram from /metrics.
+Results go to bench/results/race-N.json; bench/plot.py draws them and prints the tables.
+`--profile` runs the keeper under py-spy (bench/results/profile-N.txt) and skips the RSS figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import figures
+from keepers import HeadClock, KeeperProcess, NaiveProcess, cycle_stats
+from rpc_proxy import RecordingProxy
+
+from keeper.devnet.seed import get_price, set_price
+from keeper.devnet.stack import KEEPER_ADDRESS, Devnet, fund_inventory, launch
+from keeper.log import configure_logging
+from keeper.protocol.aave_v3 import LIQUIDATION, discover_market, read_account_health
+from keeper.types import Market
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NAIVE_KEY = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a"  # Anvil account 2
+NAIVE_ADDRESS = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+WINDOW = 8  # blocks watched after each shock
+SHOCK_ASSETS = ("WETH", "WBTC", "LINK", "DAI", "USDC")
+
+
+def shock_plan(n: int) -> list[tuple[str, float]]:
+    """Different assets, growing sizes: each drop reaches a band of accounts the last one did not."""
+    return [(SHOCK_ASSETS[i % len(SHOCK_ASSETS)], -(3.0 + 1.5 * (i // len(SHOCK_ASSETS)) + (i % 3) * 0.5))
+            for i in range(n)]
+
+
+class Race:
+    def __init__(self, dn: Devnet, market: Market, users: list[str]) -> None:
+        self.dn, self.market, self.users = dn, market, users
+        self.rpc = dn.rpc
+
+    async def liquidatable(self, block: int) -> set[str]:
+        return {h.user.lower() for h in await read_account_health(self.rpc, self.market, self.users, block)
+                if h.liquidatable}
+
+    async def liquidations(self, start: int, end: int) -> list[dict[str, Any]]:
+        logs = await self.rpc.get_logs({"address": self.market.pool, "topics": [LIQUIDATION.topic],
+                                        "fromBlock": start, "toBlock": end})
+        out = [LIQUIDATION.decode(lg) | {"block": int(lg["blockNumber"], 16)} for lg in logs]
+        return [e | {"user": e["user"].lower(), "liquidator": e["liquidator"].lower()} for e in out]
+
+    async def wait_block(self, n: int, limit_s: float = 120) -> None:
+        deadline = time.monotonic() + limit_s
+        while await self.rpc.block_number() < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"block {n} not reached")
+            await asyncio.sleep(0.1)
+
+    async def shock(self, clock: HeadClock, proxies: dict[str, RecordingProxy], symbol: str,
+                    pct: float) -> dict[str, Any]:
+        d = self.dn.deployment
+        before = await self.liquidatable(await self.rpc.block_number())
+        old = await get_price(self.rpc, d, symbol)
+        counts0 = {k: p.rec.requests for k, p in proxies.items()}
+        t_submit = time.perf_counter()
+        tx = await set_price(self.rpc, d, symbol, int(old * (100 + pct) / 100))
+        block = int((await self.rpc.get_transaction_receipt(tx))["blockNumber"], 16)
+        await self.wait_block(block + WINDOW)
+        counts1 = {k: p.rec.requests for k, p in proxies.items()}
+        left = await self.liquidatable(block + WINDOW)
+        events = await self.liquidations(block + 1, block + WINDOW)
+        await set_price(self.rpc, d, symbol, old)
+        first: dict[str, tuple[int, str]] = {}
+        for e in events:
+            who = "keeper" if e["liquidator"] == KEEPER_ADDRESS.lower() else \
+                "naive" if e["liquidator"] == NAIVE_ADDRESS.lower() else e["liquidator"]
+            first.setdefault(e["user"], (e["block"] - block, who))
+        newly = (set(first) | left) - before
+        t_block = clock.seen.get(block)
+        sends = [t for t, _ in proxies["keeper"].rec.sends if t > t_submit]
+        return {
+            "asset": symbol, "pct": pct, "block": block, "newly_liquidatable": len(newly),
+            "first_liquidation": {u: first.get(u) for u in newly},
+            "shock_to_send_ms": (1e3 * (sends[0] - t_block)) if sends and t_block else None,
+            "requests_per_block": {k: (counts1[k] - counts0[k]) / WINDOW for k in proxies},
+        }
+
+    async def crash(self, clock: HeadClock, keeper: KeeperProcess, symbol: str = "WETH",
+                    pct: float = -30, max_blocks: int = 90) -> dict[str, Any]:
+        """Issue 9's scenario: the keeper alone, running and synced, when WETH falls 30%."""
+        d = self.dn.deployment
+        old = await get_price(self.rpc, d, symbol)
+        before = await self.liquidatable(await self.rpc.block_number())
+        t_submit = time.perf_counter()
+        tx = await set_price(self.rpc, d, symbol, int(old * (100 + pct) / 100))
+        block = int((await self.rpc.get_transaction_receipt(tx))["blockNumber"], 16)
+        left, head = set(), block
+        while head < block + max_blocks:
+            await self.wait_block(head + 3)
+            head = await self.rpc.block_number()
+            left = await self.liquidatable(head)
+            if not left:
+                break
+        events = await self.liquidations(block + 1, head)
+        ours = [e for e in events if e["liquidator"] == KEEPER_ADDRESS.lower()]
+        receipts = [await self.rpc.get_transaction_receipt(h) for t, h in keeper.proxy.rec.sends if t > t_submit]
+        mined = [r for r in receipts if r is not None and int(r["blockNumber"], 16) > block]
+        return {
+            "asset": symbol, "pct": pct, "block": block, "liquidatable_before": len(before),
+            "liquidations": len(ours), "users_liquidated": len({e["user"] for e in ours}),
+            "blocks_to_last_liquidation": (max(e["block"] for e in ours) - block) if ours else None,
+            "left_liquidatable": len(left), "left_sample": sorted(left)[:5], "watched_blocks": head - block,
+            "reverted": sum(1 for r in mined if int(r["status"], 16) == 0),
+            "breaker_trips": await keeper.metric("keeper_breaker_trips_total"),
+        }
+
+
+async def run_size(n: int, shocks: int, profile: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"borrowers": n, "shocks": shocks}
+    t0 = time.perf_counter()
+    dn = await launch(borrowers=n, fund_keeper_usd=50_000_000)
+    out["launch_s"] = time.perf_counter() - t0
+    try:
+        rpc, d = dn.rpc, dn.deployment
+        market = await discover_market(rpc, d.pool_addresses_provider)
+        users, f = await figures.backfill(rpc, market, d.start_block)
+        out |= f
+        out |= await figures.refresh(rpc, market, users)
+        out |= await figures.mirror(rpc, market, d, users)
+        print(f"[{n}] in-process figures: {json.dumps({k: v for k, v in out.items()})}", flush=True)
+        await fund_inventory(rpc, d, NAIVE_ADDRESS, 50_000_000)
+        await rpc.call("evm_setIntervalMining", [1])
+        race = Race(dn, market, users)
+        async with HeadClock(dn.url) as clock, RecordingProxy(dn.url) as kp, RecordingProxy(dn.url) as np_:
+            # Racing a competitor loses races after paying gas, and the breaker counts those by design
+            # (3 an hour by default): in the race it is set out of the way; the crash below runs
+            # a fresh keeper process on the defaults.
+            keeper = KeeperProcess(dn, kp, profile=profile, tag=str(n),
+                                   env={"KEEPER_BREAKER_MAX_FAILURES": "100000"})
+            naive = NaiveProcess(dn, np_, NAIVE_KEY)
+            try:
+                out["keeper_sync_s"] = await keeper.start()
+                out["naive_sync_s"] = await naive.start()
+                print(f"[{n}] both keepers running", flush=True)
+                out |= await steady(race, {"keeper": kp, "naive": np_})
+                out["shock_runs"] = []
+                for symbol, pct in shock_plan(shocks):
+                    r = await race.shock(clock, {"keeper": kp, "naive": np_}, symbol, pct)
+                    out["shock_runs"].append(r)
+                    print(f"[{n}] shock {symbol} {pct}%: {r['newly_liquidatable']} newly liquidatable, "
+                          f"shock-to-send {r['shock_to_send_ms']} ms", flush=True)
+                await naive.stop()
+                out["cycle"] = cycle_stats(await keeper.metrics_text())
+                rss = [None if profile else keeper.peak_rss_mb()]
+                await keeper.stop()
+                keeper = KeeperProcess(dn, kp, profile=False, tag=str(n))
+                out["crash_keeper_sync_s"] = await keeper.start()
+                out["crash"] = await race.crash(clock, keeper)
+                out["crash"]["cycle"] = cycle_stats(await keeper.metrics_text())
+                print(f"[{n}] WETH -30%, keeper alone: {out['crash']}", flush=True)
+                rss.append(keeper.peak_rss_mb())
+                out["keeper_peak_rss_mb"] = max(r for r in rss if r is not None)
+            finally:
+                await naive.stop()
+                await keeper.stop()
+            out["keeper_methods"] = dict(kp.rec.methods)
+    finally:
+        await dn.close()
+    return out
+
+
+async def steady(race: Race, proxies: dict[str, RecordingProxy], blocks: int = 10) -> dict[str, Any]:
+    start = await race.rpc.block_number()
+    await race.wait_block(start + 1)
+    c0 = {k: p.rec.requests for k, p in proxies.items()}
+    m0 = dict(proxies["keeper"].rec.methods)
+    await race.wait_block(start + 1 + blocks)
+    m1 = proxies["keeper"].rec.methods
+    return {"steady_requests_per_block": {k: (p.rec.requests - c0[k]) / blocks for k, p in proxies.items()},
+            "steady_keeper_methods_per_block": {k: (v - m0.get(k, 0)) / blocks for k, v in m1.items()
+                                                if v - m0.get(k, 0)}}
+
+
+async def main(sizes: list[int], shocks: int, profile: bool) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    for n in sizes:
+        out = await run_size(n, shocks, profile)
+        path = RESULTS / f"race-{n}.json"
+        path.write_text(json.dumps(out, indent=1, default=str))
+        print(f"[{n}] results in {path}", flush=True)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sizes", type=int, nargs="*", default=[1000])
+    ap.add_argument("--shocks", type=int, default=20)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    configure_logging(level="WARNING")
+    asyncio.run(main(args.sizes, args.shocks, args.profile))
