@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     shock.add_argument("asset")
     shock.add_argument("pct", type=Decimal)
     shock.add_argument("--port", type=int, default=8545)
+    proxy = dsub.add_parser("proxy", help="a JSON-RPC proxy that counts requests and injects faults")
+    proxy.add_argument("--upstream", required=True, help="the node to forward to, e.g. http://127.0.0.1:8545")
+    proxy.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
+    proxy.add_argument("--fault-rate", type=float, default=0.0, help="share of HTTP requests faulted, 0..1")
+    proxy.add_argument("--seed", type=int, default=1)
+    proxy.add_argument("--stall-s", type=float, default=3.0, help="seconds a stalled answer is held")
     return parser
 
 
@@ -112,6 +118,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await commands.devnet_down(port=args.port)
         if args.devnet_command == "shock":
             return await commands.devnet_shock(port=args.port, asset=args.asset, pct=args.pct)
+        if args.devnet_command == "proxy":
+            return await commands.devnet_proxy(upstream=args.upstream, port=args.port,
+                                               fault_rate=args.fault_rate, seed=args.seed,
+                                               stall_s=args.stall_s)
     raise AssertionError(args)
 
 

@@ -265,3 +265,12 @@ async def devnet_shock(*, port: int, asset: str, pct: Decimal) -> int:
         moved = await align_pools(rpc, data["deployment"], data["uniswap"])
     print(f"{asset.upper()}: {old / 1e8:,.2f} -> {new / 1e8:,.2f} USD ({moved} Uniswap pools arbitraged)")
     return 0
+
+
+async def devnet_proxy(*, upstream: str, port: int, fault_rate: float, seed: int, stall_s: float) -> int:
+    from keeper.devnet.proxy import serve
+
+    stats = await serve(upstream, port=port, fault_rate=fault_rate, seed=seed, stall_s=stall_s)
+    out.print(f"{stats['requests']} requests in {stats['http_requests']} HTTP requests, "
+              f"{stats['faulted_http_requests']} faulted {stats['faults']}")
+    return 0
