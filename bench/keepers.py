@@ -7,16 +7,18 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from rpc_proxy import RecordingProxy
 
+from keeper.devnet.proxy import RpcProxy
 from keeper.devnet.stack import Devnet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +27,8 @@ VENV_BIN = Path(sys.executable).parent
 
 
 class HeadClock:
-    """When each block was first seen, on Anvil's own newHeads socket (not through a proxy)."""
+    """When each block was first seen (wall clock, as the keeper's log stamps), on Anvil's own
+    newHeads socket (not through a proxy)."""
 
     def __init__(self, http_url: str) -> None:
         self.url = http_url.replace("http://", "ws://")
@@ -49,7 +52,7 @@ class HeadClock:
             await ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]})
             ready.set()
             async for msg in ws:
-                now = time.perf_counter()
+                now = time.time()
                 body = json.loads(msg.data)
                 head = body.get("params", {}).get("result")
                 if head:
@@ -77,9 +80,18 @@ class _Process:
 
 
 class KeeperProcess(_Process):
+    async def stop(self) -> None:
+        # Under py-spy, end the keeper itself: py-spy writes its profile when its child exits.
+        if self.profile and self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                os.kill(self._pid(), signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 30)
+        await super().stop()
+
     """`keeper run` in inventory mode, its HTTP RPC through `proxy`, its heads from Anvil's socket."""
 
-    def __init__(self, dn: Devnet, proxy: RecordingProxy, *, profile: bool, tag: str,
+    def __init__(self, dn: Devnet, proxy: RpcProxy, *, profile: bool, tag: str,
                  env: dict[str, str] | None = None) -> None:
         self.dn, self.proxy, self.profile, self.tag = dn, proxy, profile, tag
         self.extra_env = env or {}
@@ -109,6 +121,19 @@ class KeeperProcess(_Process):
                 raise RuntimeError(f"keeper did not start: {self.log_path.read_text()[-3000:]}")
             await asyncio.sleep(0.5)
         return time.perf_counter() - t0
+
+    def sends(self, events: tuple[str, ...] = ("exec.sent",)) -> list[tuple[float, str]]:
+        """(wall-clock time, tx hash) of each broadcast the keeper logged, in order."""
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if '"exec.' not in line:
+                continue
+            with contextlib.suppress(ValueError):
+                e = json.loads(line)
+                if e.get("event") in events and e.get("tx"):
+                    when = datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
+                    out.append((when, e["tx"]))
+        return out
 
     def _pid(self) -> int:
         assert self.proc is not None
@@ -148,7 +173,7 @@ def cycle_stats(text: str) -> dict[str, Any]:
 
 
 class NaiveProcess(_Process):
-    def __init__(self, dn: Devnet, proxy: RecordingProxy, key: str) -> None:
+    def __init__(self, dn: Devnet, proxy: RpcProxy, key: str) -> None:
         self.dn, self.proxy, self.key = dn, proxy, key
 
     async def start(self, limit_s: float = 900) -> float:

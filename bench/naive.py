@@ -66,8 +66,8 @@ class Naive:
     async def pair(self, user: str) -> tuple[str, str] | None:
         best_coll, best_debt = (0, ""), (0, "")
         for r in self.market.reserves:
-            data = GET_USER_RESERVE_DATA.decode(
-                await self.rpc.eth_call(self.market.data_provider, GET_USER_RESERVE_DATA.encode(r.asset, user)))
+            call = GET_USER_RESERVE_DATA.encode(r.asset, user)
+            data = GET_USER_RESERVE_DATA.decode(await self.rpc.eth_call(self.market.data_provider, call))
             price = GET_ASSET_PRICE.decode_one(
                 await self.rpc.eth_call(self.market.oracle, GET_ASSET_PRICE.encode(r.asset)))
             a_balance, variable_debt, as_collateral = data[0], data[2], data[8]
@@ -100,7 +100,8 @@ async def main(url: str, provider: str, key: str, start_block: int) -> None:
         market = await discover_market(rpc, provider)
         naive = Naive(rpc, market, Signer(SecretStr(key), market.chain_id))
         head = await rpc.block_number()
-        users = sorted(await backfill_borrowers(rpc, market.pool, start_block, head, RangeSizer(max_range=10_000)))
+        sizer = RangeSizer(max_range=10_000)
+        users = sorted(await backfill_borrowers(rpc, market.pool, start_block, head, sizer))
         await naive.approve_all()
         print("ready", len(users), flush=True)
         while True:

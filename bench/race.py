@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import figures
 from keepers import HeadClock, KeeperProcess, NaiveProcess, cycle_stats
-from rpc_proxy import RecordingProxy
 
+from keeper.devnet.proxy import RpcProxy
 from keeper.devnet.seed import get_price, set_price
 from keeper.devnet.stack import KEEPER_ADDRESS, Devnet, fund_inventory, launch
 from keeper.log import configure_logging
@@ -77,17 +77,17 @@ class Race:
                 raise TimeoutError(f"block {n} not reached")
             await asyncio.sleep(0.1)
 
-    async def shock(self, clock: HeadClock, proxies: dict[str, RecordingProxy], symbol: str,
-                    pct: float) -> dict[str, Any]:
+    async def shock(self, clock: HeadClock, keeper: KeeperProcess, proxies: dict[str, RpcProxy],
+                    symbol: str, pct: float) -> dict[str, Any]:
         d = self.dn.deployment
         before = await self.liquidatable(await self.rpc.block_number())
         old = await get_price(self.rpc, d, symbol)
-        counts0 = {k: p.rec.requests for k, p in proxies.items()}
-        t_submit = time.perf_counter()
+        counts0 = {k: _requests(p) for k, p in proxies.items()}
+        t_submit = time.time()
         tx = await set_price(self.rpc, d, symbol, int(old * (100 + pct) / 100))
         block = int((await self.rpc.get_transaction_receipt(tx))["blockNumber"], 16)
         await self.wait_block(block + WINDOW)
-        counts1 = {k: p.rec.requests for k, p in proxies.items()}
+        counts1 = {k: _requests(p) for k, p in proxies.items()}
         left = await self.liquidatable(block + WINDOW)
         events = await self.liquidations(block + 1, block + WINDOW)
         await set_price(self.rpc, d, symbol, old)
@@ -98,7 +98,7 @@ class Race:
             first.setdefault(e["user"], (e["block"] - block, who))
         newly = (set(first) | left) - before
         t_block = clock.seen.get(block)
-        sends = [t for t, _ in proxies["keeper"].rec.sends if t > t_submit]
+        sends = [t for t, _ in keeper.sends() if t > t_submit]
         return {
             "asset": symbol, "pct": pct, "block": block, "newly_liquidatable": len(newly),
             "first_liquidation": {u: first.get(u) for u in newly},
@@ -112,7 +112,7 @@ class Race:
         d = self.dn.deployment
         old = await get_price(self.rpc, d, symbol)
         before = await self.liquidatable(await self.rpc.block_number())
-        t_submit = time.perf_counter()
+        t_submit = time.time()
         tx = await set_price(self.rpc, d, symbol, int(old * (100 + pct) / 100))
         block = int((await self.rpc.get_transaction_receipt(tx))["blockNumber"], 16)
         left, head = set(), block
@@ -123,8 +123,11 @@ class Race:
             if not left:
                 break
         events = await self.liquidations(block + 1, head)
-        ours = [e for e in events if e["liquidator"] == KEEPER_ADDRESS.lower()]
-        receipts = [await self.rpc.get_transaction_receipt(h) for t, h in keeper.proxy.rec.sends if t > t_submit]
+        mine = KEEPER_ADDRESS.lower()
+        ours = [e for e in events if e["liquidator"] == mine]
+        kinds = ("exec.sent", "exec.replaced", "exec.cancel_sent")
+        sent = [h for t, h in keeper.sends(kinds) if t > t_submit]
+        receipts = [await self.rpc.get_transaction_receipt(h) for h in sent]
         mined = [r for r in receipts if r is not None and int(r["blockNumber"], 16) > block]
         return {
             "asset": symbol, "pct": pct, "block": block, "liquidatable_before": len(before),
@@ -152,7 +155,7 @@ async def run_size(n: int, shocks: int, profile: bool) -> dict[str, Any]:
         await fund_inventory(rpc, d, NAIVE_ADDRESS, 50_000_000)
         await rpc.call("evm_setIntervalMining", [1])
         race = Race(dn, market, users)
-        async with HeadClock(dn.url) as clock, RecordingProxy(dn.url) as kp, RecordingProxy(dn.url) as np_:
+        async with HeadClock(dn.url) as clock, RpcProxy(dn.url) as kp, RpcProxy(dn.url) as np_:
             # Racing a competitor loses races after paying gas, and the breaker counts those by design
             # (3 an hour by default): in the race it is set out of the way; the crash below runs
             # a fresh keeper process on the defaults.
@@ -166,7 +169,7 @@ async def run_size(n: int, shocks: int, profile: bool) -> dict[str, Any]:
                 out |= await steady(race, {"keeper": kp, "naive": np_})
                 out["shock_runs"] = []
                 for symbol, pct in shock_plan(shocks):
-                    r = await race.shock(clock, {"keeper": kp, "naive": np_}, symbol, pct)
+                    r = await race.shock(clock, keeper, {"keeper": kp, "naive": np_}, symbol, pct)
                     out["shock_runs"].append(r)
                     print(f"[{n}] shock {symbol} {pct}%: {r['newly_liquidatable']} newly liquidatable, "
                           f"shock-to-send {r['shock_to_send_ms']} ms", flush=True)
@@ -184,20 +187,24 @@ async def run_size(n: int, shocks: int, profile: bool) -> dict[str, Any]:
             finally:
                 await naive.stop()
                 await keeper.stop()
-            out["keeper_methods"] = dict(kp.rec.methods)
+            out["keeper_methods"] = kp.counts()
     finally:
         await dn.close()
     return out
 
 
-async def steady(race: Race, proxies: dict[str, RecordingProxy], blocks: int = 10) -> dict[str, Any]:
+def _requests(proxy: RpcProxy) -> int:
+    return sum(proxy.counts().values())
+
+
+async def steady(race: Race, proxies: dict[str, RpcProxy], blocks: int = 10) -> dict[str, Any]:
     start = await race.rpc.block_number()
     await race.wait_block(start + 1)
-    c0 = {k: p.rec.requests for k, p in proxies.items()}
-    m0 = dict(proxies["keeper"].rec.methods)
+    c0 = {k: _requests(p) for k, p in proxies.items()}
+    m0 = proxies["keeper"].counts()
     await race.wait_block(start + 1 + blocks)
-    m1 = proxies["keeper"].rec.methods
-    return {"steady_requests_per_block": {k: (p.rec.requests - c0[k]) / blocks for k, p in proxies.items()},
+    m1 = proxies["keeper"].counts()
+    return {"steady_requests_per_block": {k: (_requests(p) - c0[k]) / blocks for k, p in proxies.items()},
             "steady_keeper_methods_per_block": {k: (v - m0.get(k, 0)) / blocks for k, v in m1.items()
                                                 if v - m0.get(k, 0)}}
 
