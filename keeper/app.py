@@ -132,8 +132,11 @@ class App:
     def _sender(self, rpc: RpcClient, signer: Signer) -> Sender:
         """The one Sender (and so the one nonce manager) for the keeper's key, with its safety gate."""
         s, m = self.settings, self.metrics
+        if s.breaker_reset_s is not None:
+            log.warning("app.deprecated_setting", name="KEEPER_BREAKER_RESET_S",
+                        use="KEEPER_BREAKER_COOLDOWN_S")
         breaker = CircuitBreaker(max_failures=s.breaker_max_failures, window_s=s.breaker_window_s,
-                                 reset_s=s.breaker_reset_s, metrics=m)
+                                 cooldown_s=s.breaker_cooldown_s, metrics=m)
         safety = Safety(breaker=breaker, kill_switch=KillSwitch(s.kill_switch_file, m),
                         min_balance_wei=int(s.min_gas_balance_eth * 10**18), metrics=m)
         private = bundles = None
@@ -191,6 +194,16 @@ class App:
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()
 
+    def _head_lag(self, st: _Stages, block: int) -> None:
+        """How far the chain moved on while the cycle at `block` ran (`keeper_head_lag_blocks`)."""
+        newest = st.watcher.slot.head
+        seen = max(block, newest.number if newest is not None else block)
+        self.metrics.head_lag_blocks.set(seen - block)
+        if st.pipeline.sender is not None:
+            st.pipeline.sender.saw_head(seen)
+        if seen - block > 1:
+            log.info("cycle.behind", block=block, head=seen, lag_blocks=seen - block)
+
     async def _work(self, st: _Stages, until: Callable[[CycleReport], bool] | None) -> None:
         last = st.start_block - 1  # the head the index started at is the first to act on
         backoff = 0.5
@@ -208,6 +221,7 @@ class App:
                     report = await st.pipeline.run(view)
                 self.metrics.indexed_block.set(update.block)
                 self.metrics.heads_skipped.set(st.watcher.slot.skipped)
+                self._head_lag(st, head.number)
                 backoff = 0.5
             except (*TRANSIENT_ERRORS, MarketReadError, ChainMoved, MirrorSyncError) as e:
                 # Skip this block rather than act on a partial view; the next head retries.

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from eth_utils import is_checksum_address, to_checksum_address
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keeper.errors import ConfigError
@@ -92,7 +92,8 @@ class Settings(BaseSettings):
     min_gas_balance_eth: Decimal = Field(Decimal("0.05"), ge=0)
     breaker_max_failures: int = Field(3, ge=1)
     breaker_window_s: float = Field(3_600.0, gt=0)
-    breaker_reset_s: float = Field(0.0, ge=0, description="0: the breaker stays open until a restart")
+    breaker_cooldown_s: float = Field(300.0, ge=0, description="open -> half-open after this; 0: never")
+    breaker_reset_s: float | None = Field(None, ge=0, description="deprecated name of breaker_cooldown_s")
     kill_switch_file: Path | None = None
 
     # RPC tuning
@@ -160,6 +161,17 @@ class Settings(BaseSettings):
         if v.lower() not in _LEVELS:
             raise ValueError(f"must be one of {', '.join(_LEVELS)}")
         return v.lower()
+
+    @model_validator(mode="after")
+    def _breaker_reset_is_the_cooldown(self) -> Settings:
+        """KEEPER_BREAKER_RESET_S (before the breaker went half-open) still sets the cooldown."""
+        if self.breaker_reset_s is not None:
+            both = "breaker_cooldown_s" in self.model_fields_set
+            if both and self.breaker_cooldown_s != self.breaker_reset_s:
+                raise ValueError(f"{ENV_PREFIX}BREAKER_RESET_S is the old name of "
+                                 f"{ENV_PREFIX}BREAKER_COOLDOWN_S; set only one")
+            self.breaker_cooldown_s = self.breaker_reset_s
+        return self
 
     def require(self, *fields: str) -> None:
         """Raise ConfigError naming every listed field that is unset (for a command's needs)."""

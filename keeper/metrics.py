@@ -106,7 +106,11 @@ class Metrics:
             "keeper_sending_paused", "1 while the kill switch file exists", registry=r
         )
         self.breaker_open = Gauge(
-            "keeper_breaker_open", "1 while the circuit breaker halts sending", registry=r
+            "keeper_breaker_open", "Circuit breaker: 0 closed, 0.5 half-open (one send allowed), 1 open",
+            registry=r,
+        )
+        self.head_lag_blocks = Gauge(
+            "keeper_head_lag_blocks", "Newest head seen minus the block the last cycle processed", registry=r
         )
         self.breaker_trips = Counter(
             "keeper_breaker_trips", "Times the circuit breaker halted sending", registry=r

@@ -7,7 +7,9 @@ signed and sent lives in keeper/exec/sender.py.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
@@ -16,13 +18,13 @@ from keeper.config import Settings
 from keeper.errors import ExecutionError, SimulationError
 from keeper.exec.fees import Fees, suggest_fees
 from keeper.exec.plan import LiquidationTx, flashloan_tx, inventory_tx
-from keeper.exec.sender import Intent, Outcome, Sender, SendRefused
+from keeper.exec.sender import Attempt, Intent, Outcome, Sender, SendRefused
 from keeper.health.tracker import HealthView
 from keeper.log import get_logger
 from keeper.metrics import Metrics
 from keeper.protocol.aave_v3 import read_emode_categories, read_prices, read_reserve_positions
 from keeper.protocol.uniswap_v3 import best_route
-from keeper.sim.fork import ForkSimulator
+from keeper.sim.fork import ForkSimulator, TxRequest
 from keeper.strategy.opportunity import Candidate, best_opportunity, evaluate_position, to_opportunity
 from keeper.strategy.profit import Costs, ProfitBreakdown, flash_premium, profit, value_base_floor
 from keeper.types import AccountHealth, Address, Market, Opportunity, Position, SimResult
@@ -86,6 +88,7 @@ class Pipeline:
         self.quoter = settings.uniswap_quoter
         self.hubs = settings.hubs() or ([self.native] if self.native else [])
         self.min_profit_base = int(settings.min_profit_usd * market.base_currency_unit)
+        self._sent: list[_Sent] = []  # this cycle's transactions, settled at its end
 
     @property
     def dry_run(self) -> bool:
@@ -102,13 +105,31 @@ class Pipeline:
             return report
         fees = await suggest_fees(self.rpc, max_fee_gwei=self.settings.max_fee_gwei)
         await self.sim.at_block(block)
+        await self._replay_pending(block)
         # Largest debts first, read in small chunks: the first liquidation is signed after one
         # chunk's reads, not after every liquidatable account's.
         for start in range(0, len(view.liquidatable), POSITION_CHUNK):
             chunk = view.liquidatable[start : start + POSITION_CHUNK]
             for position, bonuses in await self._positions(chunk, block):
                 await self._handle(position, bonuses, fees, report)
+        await self._settle_sent(report)
         return report
+
+    async def _replay_pending(self, block: int) -> None:
+        """Put this keeper's transactions that were not mined at `block` on the fork first: on a
+        chain with a block time the previous cycle's may be pending, or mined after `block`
+        (this cycle's view is older than them), and they land before anything sent now."""
+        if self.sender is None:
+            return
+        pending = [(a.nonce, TxRequest(self.keeper, a.intent.to, a.intent.data, gas=a.intent.gas_limit))
+                   for a in self.sender.replayable()]
+        try:
+            applied = await self.sim.replay_pending(self.keeper, pending)
+        except SimulationError as e:
+            log.warning("sim.replay_failed", block=block, pending=len(pending), error=str(e))
+            return
+        if applied:
+            log.info("sim.replayed_pending", block=block, applied=applied)
 
     async def _positions(self, healths: list[AccountHealth], block: int) -> list[tuple[Position, dict]]:
         """Each borrower's per-reserve balances, and the eMode bonuses that apply to them."""
@@ -241,9 +262,8 @@ class Pipeline:
         """Hand the decided liquidation to the sender; record what it settles to.
 
         The sender bids from the profit at stake and follows the transaction in the
-        background (replacement, cancellation); the cycle waits only `inclusion_wait_s` for
-        the receipt (on automine, enough for it). Outcomes that arrive later are counted in
-        the metrics when they arrive, not in this cycle's report.
+        background (replacement, cancellation); the cycle goes on to the next borrower at once
+        and, at its end, waits `inclusion_wait_s` for all its receipts (`_settle_sent`).
         """
         usd = Decimal(sim.profit_base) / self.market.base_currency_unit
         if self.sender is None:
@@ -290,10 +310,24 @@ class Pipeline:
                 self.metrics.add_profit_usd(Decimal(realised_base(outcome)) / self.market.base_currency_unit)
 
         attempt.add_done_callback(record)
-        outcome = await self.sender.settle(attempt, self.settings.inclusion_wait_s)
-        if outcome is None:
-            log.info("exec.pending", borrower=opp.user, tx=attempt.tx_hash, nonce=attempt.nonce)
+        self._sent.append(_Sent(attempt, opp, priced, realised_base))
+
+    async def _settle_sent(self, report: CycleReport) -> None:
+        """Wait up to `inclusion_wait_s` in all (not per transaction: on a chain with a block
+        time each would wait for the next block) for this cycle's transactions, and report them.
+        Outcomes that arrive later are counted in the metrics when they arrive."""
+        sent, self._sent = self._sent, []
+        if not sent:
             return
+        assert self.sender is not None
+        waits = [self.sender.settle(s.attempt, self.settings.inclusion_wait_s) for s in sent]
+        for s, outcome in zip(sent, await asyncio.gather(*waits), strict=True):
+            if outcome is None:
+                log.info("exec.pending", borrower=s.opp.user, tx=s.attempt.tx_hash, nonce=s.attempt.nonce)
+                continue
+            self._report_outcome(s, outcome, report)
+
+    def _report_outcome(self, s: _Sent, outcome: Outcome, report: CycleReport) -> None:
         report.gas_spent_wei += outcome.gas_cost_wei
         if outcome.block is None:
             return
@@ -305,11 +339,21 @@ class Pipeline:
         if not outcome.success:
             return
         report.included += 1
-        report.settled.append((opp, priced))
-        realised = realised_base(outcome)
+        report.settled.append((s.opp, s.priced))
+        realised = s.realised_base(outcome)
         report.profit_base += realised
-        log.info("exec.profit", borrower=opp.user, tx=outcome.tx_hash, block=outcome.block,
+        log.info("exec.profit", borrower=s.opp.user, tx=outcome.tx_hash, block=outcome.block,
                  gas=outcome.gas_used, profit_usd=str(Decimal(realised) / self.market.base_currency_unit))
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A transaction this cycle sent, and what its report needs when it settles."""
+
+    attempt: Attempt
+    opp: Opportunity
+    priced: SimResult
+    realised_base: Callable[[Outcome], int]
 
 
 @dataclass(frozen=True, slots=True)

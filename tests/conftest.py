@@ -4,6 +4,9 @@
 `bare_devnet`: the same market with liquidity and no borrowers, for hand-built positions.
 `chain` / `bare_chain`: the devnet wrapped in evm_snapshot/evm_revert, so every test starts
 from the same state whatever the previous one did.
+`interval_devnet`: the same 200-borrower market mining a block every second, like a real chain.
+`any_chain`: a test using it runs twice, on `devnet` (automine) and on `interval_devnet`; both
+isolated by snapshot/revert (Anvil keeps interval mining across a revert, from the reverted block).
 """
 
 from __future__ import annotations
@@ -14,10 +17,21 @@ import pytest
 
 from keeper.devnet.stack import Devnet, launch
 
+INTERVAL_BLOCK_TIME_S = 1
+
 
 @pytest.fixture(scope="session")
 async def devnet() -> AsyncIterator[Devnet]:
     dn = await launch(borrowers=200)
+    try:
+        yield dn
+    finally:
+        await dn.close()
+
+
+@pytest.fixture(scope="session")
+async def interval_devnet() -> AsyncIterator[Devnet]:
+    dn = await launch(borrowers=200, block_time=INTERVAL_BLOCK_TIME_S)
     try:
         yield dn
     finally:
@@ -38,6 +52,7 @@ async def _isolated(dn: Devnet) -> AsyncIterator[Devnet]:
     try:
         yield dn
     finally:
+        await dn.rpc.call("anvil_dropAllTransactions", [])  # 1-second blocks: nothing pending leaks on
         assert await dn.rpc.call("evm_revert", [snapshot]), (
             "evm_revert failed: later tests would see this one"
         )
@@ -55,3 +70,17 @@ async def chain(devnet: Devnet) -> AsyncIterator[Devnet]:
 async def bare_chain(bare_devnet: Devnet) -> AsyncIterator[Devnet]:
     async for dn in _isolated(bare_devnet):
         yield dn
+
+
+@pytest.fixture(params=["automine", "1s_blocks"])
+def any_devnet(request: pytest.FixtureRequest) -> Devnet:
+    # A plain fixture: only it may ask for a session devnet by name (outside the event loop).
+    return request.getfixturevalue("devnet" if request.param == "automine" else "interval_devnet")
+
+
+@pytest.fixture
+async def any_chain(any_devnet: Devnet) -> AsyncIterator[Devnet]:
+    """The seeded market on automine, then on 1-second blocks."""
+    async for isolated in _isolated(any_devnet):
+        yield isolated
+

@@ -33,6 +33,7 @@ class Devnet:
     uniswap: UniswapDeployment
     executor: str  # the keeper's flash-loan executor (Liquidator), owned by KEEPER_ADDRESS
     timings: dict[str, float] = field(default_factory=dict)
+    block_time: int | None = None  # seconds between blocks; None: automine
 
     @property
     def url(self) -> str:
@@ -104,7 +105,7 @@ async def launch(
             borrowers=len(plans),
             **{k: round(v, 2) for k, v in timings.items()},
         )
-        return Devnet(anvil, deployment, plans, rpc, uniswap, executor, timings)
+        return Devnet(anvil, deployment, plans, rpc, uniswap, executor, timings, block_time)
     except BaseException:
         await rpc.close()
         await anvil.stop()

@@ -69,16 +69,21 @@ class HealthTracker:
         if self.mirror is None:
             return await self._all_on_chain(block)
         t0 = time.monotonic()
+        moved: set[Address] = set()  # accounts whose balances changed in these blocks
         if reorg or block < self.mirror.block:
             # The mirror is not reorg-aware: rebuild it from the chain as it now is.
             await self.start(self.borrowers, block)
         else:
-            await mirror_sync.catch_up(self.rpc, self.mirror, block)
+            caught = await mirror_sync.catch_up(self.rpc, self.mirror, block)
+            moved = caught.applied.users & self.borrowers
             new = sorted(added - set(self.mirror.users))
             await mirror_sync.refresh_users(self.rpc, self.mirror, new, block, batch_size=self.batch_size)
         local = self.mirror.recompute(self.borrowers)
         mirror_s = time.monotonic() - t0
-        to_read = due(block, local, self.borrowers) | {u for u, h in local.items() if h.liquidatable}
+        # Read on chain: the schedule's tiers, everything the mirror calls liquidatable, and every
+        # account that changed in these blocks (a borrower liquidated by 50% is confirmed at once,
+        # whatever the mirror thinks, so a second round is never left to a later tier).
+        to_read = due(block, local, self.borrowers) | {u for u, h in local.items() if h.liquidatable} | moved
         chain = await self._read(sorted(to_read), block)
         drifted = [h.user for h in chain if _differs(local.get(h.user), h)]
         if drifted:

@@ -116,6 +116,29 @@ class ForkSimulator:
         """
         self._clean_snapshot = await self.rpc.call("evm_snapshot", [])
 
+    async def replay_pending(self, sender: Address, pending: Sequence[tuple[int, TxRequest]]) -> int:
+        """Apply `sender`'s transactions still pending at the fork's block, in nonce order, and keep
+        them as the base: they precede anything sent now (lower nonces), so a cycle that runs while
+        its predecessor's transactions wait must simulate on top of them (spent inventory,
+        liquidated borrowers). Those already mined at the fork's block are skipped. Returns how
+        many were applied."""
+        if not pending:
+            return 0
+        mined = await self.rpc.get_transaction_count(sender, "latest")
+        todo = sorted((n, tx) for n, tx in pending if n >= mined)
+        if not todo:
+            return 0
+        await self.rpc.call("anvil_impersonateAccount", [sender])
+        try:
+            for _, tx in todo:  # Anvil mines each one as it arrives (the fork is on automine)
+                await self.rpc.call("eth_sendTransaction", [tx.as_rpc(tx.gas or SIM_GAS_LIMIT)])
+        except RpcError as e:
+            raise SimulationError(f"replaying pending transactions on the fork failed: {e}") from e
+        finally:
+            await self.rpc.call("anvil_stopImpersonatingAccount", [sender])
+        await self.commit()
+        return len(todo)
+
     async def ensure_allowance(self, owner: Address, token: Address, spender: Address, amount: int) -> None:
         """Inventory mode needs the pool approved; on the fork an approval is impersonated."""
         raw = await self.rpc.eth_call(token, ALLOWANCE.encode(owner, spender), "latest")
