@@ -1,6 +1,6 @@
 """Tables, target verdicts and plots from bench/race.py's results (bench/results/race-N.json).
 
-    .venv/bin/python bench/plot.py            # prints the Markdown for BENCHMARKS.md, writes bench/plots/*.png
+    .venv/bin/python bench/plot.py     # prints the Markdown for BENCHMARKS.md, writes bench/plots/*.png
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def table(r: Result) -> str:
                                                     if r["refresh_naive_sampled"] < r["borrowers"] else "")),
         ("refresh ratio naive / Multicall3", f"{r['refresh_ratio']:.1f}×"),
         ("mirror recompute after one price update, all", f"{r['mirror_full_ms']:.1f} ms"),
-        ("mirror recompute, affected subset", f"{r['mirror_affected_ms']:.1f} ms ({r['mirror_affected_users']:,} users)"),
+        ("mirror recompute, affected subset",
+         f"{r['mirror_affected_ms']:.1f} ms ({r['mirror_affected_users']:,} users)"),
         ("shock → send p50 / p99", f"{_fmt(percentile(lat, 50))} / {_fmt(percentile(lat, 99))} ms "
                                    f"over {len(lat)} shocks (of {len(r['shock_runs'])})"),
         ("newly liquidatable positions (all shocks)", f"{int(inc['positions']):,}"),

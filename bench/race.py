@@ -51,7 +51,7 @@ SHOCK_ASSETS = ("WETH", "WBTC", "LINK", "DAI", "USDC")
 
 def shock_plan(n: int) -> list[tuple[str, float]]:
     """Different assets, growing sizes: each drop reaches a band of accounts the last one did not."""
-    return [(SHOCK_ASSETS[i % len(SHOCK_ASSETS)], -(3.0 + 1.5 * (i // len(SHOCK_ASSETS)) + (i % 3) * 0.5))
+    return [(SHOCK_ASSETS[i % len(SHOCK_ASSETS)], -(4.0 + 1.5 * (i // len(SHOCK_ASSETS)) + (i % 3) * 0.5))
             for i in range(n)]
 
 
@@ -139,7 +139,7 @@ class Race:
         }
 
 
-async def run_size(n: int, shocks: int, profile: bool) -> dict[str, Any]:
+async def run_size(n: int, shocks: int, profile: bool = False, crash_blocks: int = 90) -> dict[str, Any]:
     out: dict[str, Any] = {"borrowers": n, "shocks": shocks}
     t0 = time.perf_counter()
     dn = await launch(borrowers=n, fund_keeper_usd=50_000_000)
@@ -179,7 +179,7 @@ async def run_size(n: int, shocks: int, profile: bool) -> dict[str, Any]:
                 await keeper.stop()
                 keeper = KeeperProcess(dn, kp, profile=False, tag=str(n))
                 out["crash_keeper_sync_s"] = await keeper.start()
-                out["crash"] = await race.crash(clock, keeper)
+                out["crash"] = await race.crash(clock, keeper, max_blocks=crash_blocks)
                 out["crash"]["cycle"] = cycle_stats(await keeper.metrics_text())
                 print(f"[{n}] WETH -30%, keeper alone: {out['crash']}", flush=True)
                 rss.append(keeper.peak_rss_mb())

@@ -216,7 +216,7 @@ class App:
                 with self.metrics.cycle_seconds.time():
                     update = await st.index.advance(head)
                     view = await st.tracker.update(head.number, added=update.new_borrowers,
-                                                   removed=update.removed_borrowers,
+                                                   removed=update.removed_borrowers, timestamp=head.timestamp,
                                                    reorg=update.fork_point is not None)
                     report = await st.pipeline.run(view)
                 self.metrics.indexed_block.set(update.block)

@@ -63,6 +63,7 @@ class HealthTracker:
         added: Iterable[Address] = (),
         removed: Iterable[Address] = (),
         reorg: bool = False,
+        timestamp: int | None = None,
     ) -> HealthView:
         added, removed = set(added), set(removed)
         self.borrowers = (self.borrowers | added) - removed
@@ -74,7 +75,7 @@ class HealthTracker:
             # The mirror is not reorg-aware: rebuild it from the chain as it now is.
             await self.start(self.borrowers, block)
         else:
-            caught = await mirror_sync.catch_up(self.rpc, self.mirror, block)
+            caught = await mirror_sync.catch_up(self.rpc, self.mirror, block, timestamp=timestamp)
             moved = caught.applied.users & self.borrowers
             new = sorted(added - set(self.mirror.users))
             await mirror_sync.refresh_users(self.rpc, self.mirror, new, block, batch_size=self.batch_size)
