@@ -71,6 +71,14 @@ FIGURES: list[tuple[str, str, Callable[[Result], Any]]] = [
 ]
 
 
+def value(get: Callable[[Result], Any], r: Result) -> Any:
+    """A figure, or None where this run did not measure it (a `--no-race` run has no race)."""
+    try:
+        return get(r)
+    except (KeyError, TypeError, statistics.StatisticsError):
+        return None
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "—"
@@ -80,9 +88,18 @@ def _fmt(v: Any) -> str:
 
 
 def table(r: Result) -> str:
-    inc, lat = inclusion(r), shock_to_send(r)
-    c = r["crash"]
-    rows = [
+    head = f"### {r['borrowers']:,} borrowers\n| figure | measured |\n| --- | --- |\n"
+    rows = _common_rows(r) + (_race_rows(r) if "shock_runs" in r else [
+        ("RPC requests per block, steady: keeper alone", f"{r['steady_requests_per_block']['keeper']:.1f}"),
+        ("keeper cycles > 1 s (steady)", _pct(r["cycle"]["over_1s_share"])
+         + f" of {r['cycle']['cycles']:.0f}, mean {_fmt(_ms(r['cycle']['mean_s']))} ms"),
+        ("keeper peak RSS", f"{r['keeper_peak_rss_mb']:.0f} MB"),
+    ])
+    return head + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def _common_rows(r: Result) -> list[tuple[str, str]]:
+    return [
         ("backfill", f"{_fmt(r['backfill_per_s'])} borrowers/s ({r['backfill_s']:.2f} s)"),
         ("full health refresh, Multicall3 (500/call)", f"{1e3 * r['refresh_multicall_s']:,.0f} ms"),
         ("full health refresh, naive (1 getUserAccountData per call)",
@@ -92,6 +109,12 @@ def table(r: Result) -> str:
         ("mirror recompute after one price update, all", f"{r['mirror_full_ms']:.1f} ms"),
         ("mirror recompute, affected subset",
          f"{r['mirror_affected_ms']:.1f} ms ({r['mirror_affected_users']:,} users)"),
+    ]
+
+
+def _race_rows(r: Result) -> list[tuple[str, str]]:
+    inc, lat, c = inclusion(r), shock_to_send(r), r["crash"]
+    return [
         ("shock → send p50 / p99", f"{_fmt(percentile(lat, 50))} / {_fmt(percentile(lat, 99))} ms "
                                    f"over {len(lat)} shocks (of {len(r['shock_runs'])})"),
         ("newly liquidatable positions (all shocks)", f"{int(inc['positions']):,}"),
@@ -112,8 +135,6 @@ def table(r: Result) -> str:
          f"{c['users_liquidated']} borrowers, {c['left_liquidatable']} left liquidatable, "
          f"{c['reverted']} reverted, breaker trips {c['breaker_trips']:.0f})"),
     ]
-    head = f"### {r['borrowers']:,} borrowers\n| figure | measured |\n| --- | --- |\n"
-    return head + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
 def _pct(v: float | None) -> str:
@@ -141,7 +162,7 @@ def verdicts(runs: list[Result]) -> str:
     lines = []
     for name, n, get, ok, fmt in TARGETS:
         r = by_n.get(n)
-        v = get(r) if r else None
+        v = value(get, r) if r else None
         if v is None:
             lines.append(f"- {name} at {n:,} borrowers: **not measured** (no run at that size)")
         else:
@@ -159,7 +180,7 @@ def plots(runs: list[Result]) -> list[Path]:
     xs = [r["borrowers"] for r in runs]
     out = []
     for name, unit, get in FIGURES:
-        pts = [(x, get(r)) for x, r in zip(xs, runs, strict=True) if get(r) is not None]
+        pts = [(x, value(get, r)) for x, r in zip(xs, runs, strict=True) if value(get, r) is not None]
         fig, ax = plt.subplots(figsize=(4, 2.6), dpi=80)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
         ax.set_xscale("log")

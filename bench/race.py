@@ -17,6 +17,7 @@ wallet), each behind its own recording proxy. Then:
 - the keeper's peak RSS (VmHWM) and its cycle-time histogram from /metrics.
 Results go to bench/results/race-N.json; bench/plot.py draws them and prints the tables.
 `--profile` runs the keeper under py-spy (bench/results/profile-N.txt) and skips the RSS figure.
+`--no-race` measures the keeper alone at steady state (no naive keeper, shocks or crash).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -98,7 +100,9 @@ class Race:
             first.setdefault(e["user"], (e["block"] - block, who))
         newly = (set(first) | left) - before
         t_block = clock.seen.get(block)
-        sends = [t for t, _ in keeper.sends() if t > t_submit]
+        # The first broadcast for one of this shock's borrowers (a backlog from an earlier
+        # shock is not this shock's send).
+        sends = [t for t, _, who in keeper.sends() if t > t_submit and who in newly]
         return {
             "asset": symbol, "pct": pct, "block": block, "newly_liquidatable": len(newly),
             "first_liquidation": {u: first.get(u) for u in newly},
@@ -126,7 +130,7 @@ class Race:
         mine = KEEPER_ADDRESS.lower()
         ours = [e for e in events if e["liquidator"] == mine]
         kinds = ("exec.sent", "exec.replaced", "exec.cancel_sent")
-        sent = [h for t, h in keeper.sends(kinds) if t > t_submit]
+        sent = [h for t, h, _ in keeper.sends(kinds) if t > t_submit]
         receipts = [await self.rpc.get_transaction_receipt(h) for h in sent]
         mined = [r for r in receipts if r is not None and int(r["blockNumber"], 16) > block]
         return {
@@ -139,7 +143,8 @@ class Race:
         }
 
 
-async def run_size(n: int, shocks: int, profile: bool = False, crash_blocks: int = 90) -> dict[str, Any]:
+async def run_size(n: int, shocks: int, profile: bool = False, crash_blocks: int = 90,
+                   race_on: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"borrowers": n, "shocks": shocks}
     t0 = time.perf_counter()
     dn = await launch(borrowers=n, fund_keeper_usd=50_000_000)
@@ -151,6 +156,7 @@ async def run_size(n: int, shocks: int, profile: bool = False, crash_blocks: int
         out |= f
         out |= await figures.refresh(rpc, market, users)
         out |= await figures.mirror(rpc, market, d, users)
+        out["load_average"] = os.getloadavg()  # the machine is shared: how busy it was
         print(f"[{n}] in-process figures: {json.dumps({k: v for k, v in out.items()})}", flush=True)
         await fund_inventory(rpc, d, NAIVE_ADDRESS, 50_000_000)
         await rpc.call("evm_setIntervalMining", [1])
@@ -164,6 +170,11 @@ async def run_size(n: int, shocks: int, profile: bool = False, crash_blocks: int
             naive = NaiveProcess(dn, np_, NAIVE_KEY)
             try:
                 out["keeper_sync_s"] = await keeper.start()
+                if not race_on:  # the keeper alone at steady state: requests per block, cycles, RSS
+                    out |= await steady(race, {"keeper": kp})
+                    out["cycle"] = cycle_stats(await keeper.metrics_text())
+                    out["keeper_peak_rss_mb"] = None if profile else keeper.peak_rss_mb()
+                    return out
                 out["naive_sync_s"] = await naive.start()
                 print(f"[{n}] both keepers running", flush=True)
                 out |= await steady(race, {"keeper": kp, "naive": np_})
@@ -209,10 +220,10 @@ async def steady(race: Race, proxies: dict[str, RpcProxy], blocks: int = 10) -> 
                                                 if v - m0.get(k, 0)}}
 
 
-async def main(sizes: list[int], shocks: int, profile: bool) -> None:
+async def main(sizes: list[int], shocks: int, profile: bool, race_on: bool) -> None:
     RESULTS.mkdir(exist_ok=True)
     for n in sizes:
-        out = await run_size(n, shocks, profile)
+        out = await run_size(n, shocks, profile, race_on=race_on)
         path = RESULTS / f"race-{n}.json"
         path.write_text(json.dumps(out, indent=1, default=str))
         print(f"[{n}] results in {path}", flush=True)
@@ -223,6 +234,8 @@ if __name__ == "__main__":
     ap.add_argument("sizes", type=int, nargs="*", default=[1000])
     ap.add_argument("--shocks", type=int, default=20)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--no-race", action="store_true",
+                    help="the keeper alone at steady state: no naive keeper, no shocks, no crash")
     args = ap.parse_args()
     configure_logging(level="WARNING")
-    asyncio.run(main(args.sizes, args.shocks, args.profile))
+    asyncio.run(main(args.sizes, args.shocks, args.profile, not args.no_race))

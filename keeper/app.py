@@ -116,7 +116,7 @@ class App:
         started = await index.start()
         m.indexed_block.set(started.block)
         tracker = HealthTracker(rpc, market, source=s.health_source, batch_size=s.multicall_batch_size,
-                                gas_per_batch=s.multicall_gas)
+                                gas_per_batch=s.multicall_gas, recheck_per_block=s.recheck_per_block)
         await tracker.start(index.borrowers(), started.block)
         watcher = HeadWatcher(rpc, ws_url=s.ws_url, stall_timeout_s=s.heads_stall_timeout_s,
                               poll_interval_s=s.poll_interval_s,

@@ -43,11 +43,14 @@ class HealthTracker:
         source: str = "mirror",
         batch_size: int = 500,
         gas_per_batch: int = 50_000_000,
+        recheck_per_block: int = 0,
     ) -> None:
         self.rpc, self.market, self.source = rpc, market, source
         self.batch_size, self.gas = batch_size, gas_per_batch
+        self.recheck_per_block = recheck_per_block  # 0: every account the schedule says is due
         self.mirror: HealthMirror | None = None
         self.borrowers: set[Address] = set()
+        self.checked_at: dict[Address, int] = {}  # last block each account was read on chain
 
     async def start(self, borrowers: Iterable[Address], block: int) -> None:
         self.borrowers = set(borrowers)
@@ -67,6 +70,8 @@ class HealthTracker:
     ) -> HealthView:
         added, removed = set(added), set(removed)
         self.borrowers = (self.borrowers | added) - removed
+        for u in removed:
+            self.checked_at.pop(u, None)
         if self.mirror is None:
             return await self._all_on_chain(block)
         t0 = time.monotonic()
@@ -84,8 +89,10 @@ class HealthTracker:
         # Read on chain: the schedule's tiers, everything the mirror calls liquidatable, and every
         # account that changed in these blocks (a borrower liquidated by 50% is confirmed at once,
         # whatever the mirror thinks, so a second round is never left to a later tier).
-        to_read = due(block, local, self.borrowers) | {u for u, h in local.items() if h.liquidatable} | moved
+        must = {u for u, h in local.items() if h.liquidatable} | moved
+        to_read = must | self._budget(due(block, local, self.borrowers) - must)
         chain = await self._read(sorted(to_read), block)
+        self.checked_at.update(dict.fromkeys(to_read, block))
         drifted = [h.user for h in chain if _differs(local.get(h.user), h)]
         if drifted:
             log.warning("health.mirror_drift", block=block, users=len(drifted), sample=drifted[:3])
@@ -96,6 +103,14 @@ class HealthTracker:
         return HealthView(
             block, tracked, _liquidatable(chain), len(chain), sum(1 for u in drifted if u in local), mirror_s
         )
+
+    def _budget(self, scheduled: set[Address]) -> set[Address]:
+        """The schedule's re-checks, capped per block: the least recently read first, so each is
+        read within a few blocks while a block costs one Multicall3 call, not one per 500 due."""
+        if not self.recheck_per_block or len(scheduled) <= self.recheck_per_block:
+            return scheduled
+        oldest = sorted(scheduled, key=lambda u: self.checked_at.get(u, -1))
+        return set(oldest[: self.recheck_per_block])
 
     async def _all_on_chain(self, block: int) -> HealthView:
         chain = await self._read(sorted(self.borrowers), block)

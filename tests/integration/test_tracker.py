@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keeper.devnet.seed import shock
 from keeper.devnet.stack import Devnet
+from keeper.health.schedule import due
 from keeper.health.tracker import HealthTracker
 from keeper.protocol.aave_v3 import discover_market
 
@@ -84,3 +85,24 @@ async def test_a_reorg_rebuilds_the_mirror_from_the_chain(chain: Devnet) -> None
     view = await mirror.update(head, reorg=True)
     assert view.liquidatable == (await everyone.update(head)).liquidatable == []
     assert view.drift == 0
+
+
+async def test_a_recheck_budget_caps_each_block_and_reaches_every_due_account_in_turn(chain: Devnet) -> None:
+    market = await discover_market(chain.rpc, chain.deployment.pool_addresses_provider)
+    users = [p.address for p in chain.plans]
+    capped = HealthTracker(chain.rpc, market, source="mirror", recheck_per_block=10)
+    await capped.start(users, await chain.rpc.block_number())
+    await chain.rpc.call("evm_mine", [])
+    block = await chain.rpc.block_number()
+    scheduled = due(block, capped.mirror.recompute(users), users)
+    assert len(scheduled) > 20, "the 200-borrower devnet has a few dozen accounts near the line"
+    # Nothing is liquidatable and nothing moves: each block reads exactly the budget, least
+    # recently read first, so every account due at every block is read within ceil(due / 10) blocks.
+    first = await capped.update(block)
+    assert first.checked_on_chain == 10
+    for _ in range(-(-len(scheduled) // 10)):
+        await chain.rpc.call("evm_mine", [])
+        view = await capped.update(await chain.rpc.block_number())
+        assert view.checked_on_chain == 10
+    near_line = {u for u in scheduled if capped.mirror.recompute([u])[u].health_factor_wad < 105 * 10**16}
+    assert near_line and near_line <= set(capped.checked_at)
