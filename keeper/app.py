@@ -39,6 +39,7 @@ from keeper.protocol.aave_v3 import (
     discover_market,
 )
 from keeper.sim.fork import ForkSimulator
+from keeper.sim.upstream import ForkUpstream
 from keeper.types import Address, Market
 
 log = get_logger(__name__)
@@ -49,8 +50,10 @@ SHUTDOWN_STEP_TIMEOUT_S = 10.0
 async def connect(settings: Settings, metrics: Metrics) -> tuple[RpcClient, int]:
     """Open the RPC and check it answers (and is the expected chain) before anything else."""
     settings.require("rpc_url", "pool_addresses_provider")
-    rpc = RpcClient(settings.rpc_url, timeout_s=settings.rpc_timeout_s,
-                    max_retries=settings.rpc_max_retries, on_request=metrics.observe_rpc)
+    rpc = RpcClient(settings.rpc_endpoints(), timeout_s=settings.rpc_timeout_s,
+                    max_retries=settings.rpc_max_retries, read_deadline_s=settings.rpc_read_deadline_s,
+                    send_deadline_s=settings.rpc_send_deadline_s, on_request=metrics.observe_rpc,
+                    on_event=metrics.count_rpc_event, on_health=metrics.observe_endpoint)
     await rpc.start()
     try:
         chain_id = await rpc.chain_id()
@@ -93,8 +96,9 @@ class App:
             log.info("app.start", chain_id=chain_id, pool=market.pool, reserves=len(market.reserves),
                      keeper=signer.address, dry_run=s.dry_run, execution=s.execution,
                      settings=s.redacted())
-            async with await Store.open(s.db_path) as store, \
-                    ForkSimulator(s.rpc_url, s.anvil_path) as simulator:
+            # The fork reads the chain through the keeper's RpcClient (hedging, failover, retries).
+            async with await Store.open(s.db_path) as store, ForkUpstream(rpc) as upstream, \
+                    ForkSimulator(upstream.url, s.anvil_path) as simulator:
                 stages = await self._build(rpc, market, store, simulator, signer.address, sender)
                 await self._supervise(stages, until, install_signals)
         finally:
@@ -116,7 +120,8 @@ class App:
         started = await index.start()
         m.indexed_block.set(started.block)
         tracker = HealthTracker(rpc, market, source=s.health_source, batch_size=s.multicall_batch_size,
-                                gas_per_batch=s.multicall_gas, recheck_per_block=s.recheck_per_block)
+                                gas_per_batch=s.multicall_gas, metrics=m,
+                                recheck_per_block=s.recheck_per_block)
         await tracker.start(index.borrowers(), started.block)
         watcher = HeadWatcher(rpc, ws_url=s.ws_url, stall_timeout_s=s.heads_stall_timeout_s,
                               poll_interval_s=s.poll_interval_s,

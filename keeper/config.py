@@ -52,6 +52,7 @@ class Settings(BaseSettings):
 
     # chain access
     rpc_url: str | None = Field(None, description="HTTP(S) JSON-RPC; required for run/scan")
+    rpc_urls: str = Field("", description="more endpoints, comma-separated: failover reads, broadcast sends")
     ws_url: str | None = None
     chain_id: int | None = Field(None, description="if set, the node must report this id")
     pool_addresses_provider: str | None = None
@@ -99,6 +100,8 @@ class Settings(BaseSettings):
     # RPC tuning
     rpc_timeout_s: float = Field(10.0, gt=0)
     rpc_max_retries: int = Field(4, ge=0, le=20)
+    rpc_read_deadline_s: float = Field(0.3, gt=0, description="a read not answered by then is hedged")
+    rpc_send_deadline_s: float = Field(6.0, gt=0, description="how long a refused broadcast is re-sent")
     multicall_batch_size: int = Field(500, ge=1)
     # geth's default eth_call gas cap; 500 getUserAccountData ~ 23M fits with headroom.
     multicall_gas: int = Field(50_000_000, ge=1_000_000)
@@ -123,6 +126,19 @@ class Settings(BaseSettings):
         if v and not re.match(r"^https?://[^/\s]+", v.strip()):
             raise ValueError("must be an http:// or https:// URL")
         return v.strip() if v else None
+
+    @field_validator("rpc_urls")
+    @classmethod
+    def _http_urls(cls, v: str) -> str:
+        urls = [u.strip() for u in v.split(",") if u.strip()]
+        for u in urls:
+            cls._http_url(u)
+        return ",".join(urls)
+
+    def rpc_endpoints(self) -> list[str]:
+        """KEEPER_RPC_URL first, then KEEPER_RPC_URLS (without repeats)."""
+        urls = [self.rpc_url] if self.rpc_url else []
+        return urls + [u for u in self.rpc_urls.split(",") if u and u not in urls]
 
     @field_validator("ws_url")
     @classmethod
@@ -176,6 +192,8 @@ class Settings(BaseSettings):
 
     def require(self, *fields: str) -> None:
         """Raise ConfigError naming every listed field that is unset (for a command's needs)."""
+        if "rpc_url" in fields and not self.rpc_url and self.rpc_urls:
+            self.rpc_url = self.rpc_urls.split(",")[0]  # KEEPER_RPC_URLS alone is enough
         missing = [f for f in fields if getattr(self, f) in (None, "")]
         if missing:
             raise ConfigError(
@@ -190,6 +208,8 @@ class Settings(BaseSettings):
                 value = "***"
             elif name.endswith("_url") and value:
                 value = redact_url(value)
+            elif name.endswith("_urls") and value:
+                value = ",".join(redact_url(u) for u in value.split(","))
             elif isinstance(value, Decimal | Path):
                 value = str(value)
             out[name] = value

@@ -3,9 +3,11 @@
     KeeperError
     ├── ConfigError            bad settings; str() is one line for the operator
     ├── RpcError               any JSON-RPC / HTTP failure (.code, .method, .data)
-    │   ├── RpcTransportError  connection refused/reset, DNS, HTTP 5xx   (transient)
-    │   ├── RpcTimeout         no answer within the per-request timeout  (transient)
-    │   ├── RpcRateLimited     HTTP 429, -32005 "limit exceeded"         (transient)
+    │   ├── RpcTransportError  connection reset, bad gateway, HTTP 5xx    (transient; may have been handled)
+    │   │   └── RpcRefused     connection refused / connect timeout, HTTP 503 (transient; never handled)
+    │   ├── RpcTimeout         no answer within the per-request timeout  (transient; may have been handled)
+    │   ├── RpcRateLimited     HTTP 429, -32005 "limit exceeded"         (transient; never handled)
+    │   ├── TxNotAccepted      no endpoint took a broadcast before its deadline (nothing was sent)
     │   ├── RpcRangeTooLarge   getLogs range/result cap: split and retry the range
     │   ├── ExecutionReverted  eth_call/estimateGas revert (.data = revert hex)
     │   ├── NonceTooLow        the nonce was already used
@@ -15,6 +17,10 @@
 
 Only `TRANSIENT_ERRORS` may be caught and retried blindly; everything else
 means the request itself is wrong and repeating it gives the same answer.
+For a broadcast the split that matters is `NOT_ACCEPTED_ERRORS` (the node refused it before
+handling it: re-sending the same signed bytes is safe and the RPC layer does so until the
+deadline, then raises TxNotAccepted) versus any other transient error (the bytes may have
+reached the node: the broadcast is "uncertain" and the sender follows the hash).
 """
 
 from __future__ import annotations
@@ -63,6 +69,10 @@ class RpcTransportError(RpcError):
     """The request never got a JSON answer: connection refused/reset, DNS, HTTP 5xx."""
 
 
+class RpcRefused(RpcTransportError):
+    """Refused before it was handled: connection refused or not established in time, HTTP 503."""
+
+
 class RpcTimeout(RpcError):
     """No answer within the per-request timeout."""
 
@@ -73,6 +83,10 @@ class RpcRateLimited(RpcError):
 
 class RpcRangeTooLarge(RpcError):
     """eth_getLogs asked for too many blocks or results; the caller should split the range."""
+
+
+class TxNotAccepted(RpcError):
+    """No endpoint accepted a raw transaction before its deadline; every refusal was definite."""
 
 
 class ExecutionReverted(RpcError):
@@ -98,3 +112,5 @@ class ExecutionError(KeeperError):
 # What the daemon loop (and RpcClient's own retry) may retry: the request was fine,
 # the network or the provider was not.
 TRANSIENT_ERRORS: tuple[type[RpcError], ...] = (RpcTransportError, RpcTimeout, RpcRateLimited)
+# A request these answer was never handled by the node: safe to send again, even a broadcast.
+NOT_ACCEPTED_ERRORS: tuple[type[RpcError], ...] = (RpcRefused, RpcRateLimited)

@@ -12,6 +12,7 @@ import asyncio
 import re
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -79,6 +80,26 @@ class Metrics:
         self.rpc_seconds = Histogram(
             "keeper_rpc_seconds", "JSON-RPC latency", ["method"], buckets=_RPC_BUCKETS, registry=r
         )
+        # Per endpoint, labelled by its index in KEEPER_RPC_URL + KEEPER_RPC_URLS (never its URL).
+        self.rpc_endpoint_errors = Gauge(
+            "keeper_rpc_endpoint_errors", "Consecutive transient failures of an RPC endpoint", ["endpoint"],
+            registry=r,
+        )
+        self.rpc_endpoint_latency = Gauge(
+            "keeper_rpc_endpoint_latency_seconds", "Latency EWMA of an RPC endpoint", ["endpoint"], registry=r
+        )
+        self.rpc_endpoint_up = Gauge(
+            "keeper_rpc_endpoint_up", "0 while an RPC endpoint cools off after failures", ["endpoint"],
+            registry=r,
+        )
+        self.rpc_events = Counter(
+            "keeper_rpc_events", "Hedged reads, failovers, re-broadcasts, broadcasts not accepted",
+            ["event", "endpoint"], registry=r,
+        )
+        self.read_chunks_failed = Counter(
+            "keeper_read_chunks_failed", "Read chunks that failed and were deferred to the next block",
+            ["stage"], registry=r,
+        )
         self.cycle_seconds = Histogram(
             "keeper_cycle_seconds",
             "One head-to-decision cycle",
@@ -128,6 +149,16 @@ class Metrics:
         method = method if _METHOD.match(method) else "other"  # never a URL or free text
         self.rpc_requests.labels(method=method, outcome=outcome).inc()
         self.rpc_seconds.labels(method=method).observe(seconds)
+
+    def observe_endpoint(self, ep: Any) -> None:
+        """RpcClient health hook: `on_health=metrics.observe_endpoint` (an Endpoint)."""
+        self.rpc_endpoint_errors.labels(endpoint=ep.label).set(ep.consecutive_errors)
+        self.rpc_endpoint_latency.labels(endpoint=ep.label).set(ep.latency_ewma_s)
+        self.rpc_endpoint_up.labels(endpoint=ep.label).set(0 if ep.cooling() else 1)
+
+    def count_rpc_event(self, event: str, endpoint: str) -> None:
+        """RpcClient event hook: `on_event=metrics.count_rpc_event`."""
+        self.rpc_events.labels(event=event, endpoint=endpoint).inc()
 
     def add_profit_usd(self, usd: Decimal) -> None:
         if usd > 0:

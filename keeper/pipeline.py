@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from keeper.chain.rpc import RpcClient
 from keeper.config import Settings
-from keeper.errors import ExecutionError, SimulationError
+from keeper.errors import TRANSIENT_ERRORS, ExecutionError, SimulationError
 from keeper.exec.fees import Fees, suggest_fees
 from keeper.exec.plan import LiquidationTx, flashloan_tx, inventory_tx
 from keeper.exec.sender import Attempt, Intent, Outcome, Sender, SendRefused
@@ -104,13 +104,26 @@ class Pipeline:
         if not view.liquidatable:
             return report
         fees = await suggest_fees(self.rpc, max_fee_gwei=self.settings.max_fee_gwei)
-        await self.sim.at_block(block)
+        try:
+            await self.sim.at_block(block)
+        except SimulationError as e:
+            log.warning("sim.fork_unavailable", block=block, error=str(e), retry="next_block")
+            return report
         await self._replay_pending(block)
         # Largest debts first, read in small chunks: the first liquidation is signed after one
         # chunk's reads, not after every liquidatable account's.
         for start in range(0, len(view.liquidatable), POSITION_CHUNK):
             chunk = view.liquidatable[start : start + POSITION_CHUNK]
-            for position, bonuses in await self._positions(chunk, block):
+            try:
+                positions = await self._positions(chunk, block)
+            except TRANSIENT_ERRORS as e:
+                # These borrowers are still liquidatable next block and read again then;
+                # the other chunks go on now.
+                log.warning("pipeline.chunk_failed", block=block, borrowers=len(chunk), error=str(e),
+                            retry="next_block")
+                self.metrics.read_chunks_failed.labels(stage="positions").inc()
+                continue
+            for position, bonuses in positions:
                 await self._handle(position, bonuses, fees, report)
         await self._settle_sent(report)
         return report

@@ -52,7 +52,8 @@ async def multicall(
     gas_per_batch: int = DEFAULT_GAS_PER_BATCH,
     allow_failure: bool = True,
     address: str = MULTICALL3_ADDRESS,
-) -> list[tuple[bool, bytes]]:
+    partial: bool = False,
+) -> list[Any]:
     """Run `calls` at `block`, `batch_size` per aggregate3, all chunks in one JSON-RPC batch.
 
     Returns (success, returnData) per call in input order. A failed call is (False, revert
@@ -73,12 +74,15 @@ async def multicall(
         )
         for c in chunks
     ]
-    replies = await rpc.batch(requests)
+    replies = await rpc.batch(requests, partial=partial)
 
-    out: list[tuple[bool, bytes]] = []
+    out: list[Any] = []
     for chunk, reply in zip(chunks, replies, strict=True):
         if isinstance(reply, RpcError):
-            raise reply
+            if not partial:
+                raise reply
+            out.extend([reply] * len(chunk))
+            continue
         raw = bytes.fromhex(reply[2:] if reply.startswith("0x") else reply)
         try:
             results = decode_aggregate3(raw)
@@ -92,3 +96,18 @@ async def multicall(
             raise RpcError(f"aggregate3 returned {len(results)} results for {len(chunk)} calls")
         out.extend(results)
     return out
+
+
+async def multicall_partial(
+    rpc: RpcClient,
+    calls: Sequence[Call],
+    block: int | str = "latest",
+    *,
+    batch_size: int = 500,
+    gas_per_batch: int = DEFAULT_GAS_PER_BATCH,
+) -> list[tuple[bool, bytes] | RpcError]:
+    """`multicall`, except that a chunk whose request failed for good leaves its RpcError in
+    each of its calls' slots instead of raising: the caller uses the other chunks' answers and
+    retries the failed calls later (one failing request never costs the whole read)."""
+    return await multicall(rpc, calls, block, batch_size=batch_size, gas_per_batch=gas_per_batch,
+                           partial=True)

@@ -1,9 +1,17 @@
-"""Async JSON-RPC over HTTP: one aiohttp session, timeouts, bounded retries, real batches.
+"""Async JSON-RPC over HTTP: one aiohttp session, one or more endpoints, hedged reads, real batches.
 
-Retry policy: only `TRANSIENT_ERRORS` (transport, timeout, rate limit) are retried, with
-exponential backoff and jitter, at most `max_retries` times. Methods that broadcast a
-transaction are sent exactly once: a "failed" send may still have reached the mempool,
-and resending is the sender's decision (same nonce, new fees), not the transport's.
+Roles: keeper/chain/endpoints.py (one POST, per-endpoint health and ranking),
+keeper/chain/rpc_errors.py (error mapping), keeper/chain/broadcast.py (sending a signed
+transaction), and this client: retries, hedging, batching, metrics hooks.
+
+Reads: each attempt goes to the best-ranked endpoint. When it has not answered within the
+read deadline (`read_deadline_s`, or 3x the method's usual latency if longer) the same
+request is sent again (to another endpoint if there is one); the first answer wins and the
+other is cancelled. A transient failure is retried on the next endpoint at once, and with
+exponential backoff once every endpoint has failed, at most `max_retries` times.
+
+Sends: eth_sendRawTransaction goes to every endpoint and is re-sent as the same bytes only
+while every endpoint definitely refused it (broadcast.py). Other send methods are sent once.
 
 The URL is never logged or put in an exception in full: provider URLs embed API keys.
 """
@@ -21,23 +29,19 @@ from typing import Any, Protocol, Self
 
 import aiohttp
 
-from keeper.errors import (
-    TRANSIENT_ERRORS,
-    ExecutionReverted,
-    NonceTooLow,
-    RpcError,
-    RpcRangeTooLarge,
-    RpcRateLimited,
-    RpcTimeout,
-    RpcTransportError,
-    TxUnderpriced,
-)
+from keeper.chain import endpoints as transport
+from keeper.chain.broadcast import broadcast_raw
+from keeper.chain.endpoints import Endpoint, EndpointPool
+from keeper.chain.eth_methods import EthMethods, _hex_data, call_params
+from keeper.chain.rpc_errors import _OUTCOMES, SEND_METHODS, classify_error, outcome_of  # noqa: F401
+from keeper.errors import TRANSIENT_ERRORS, RpcError
 from keeper.log import get_logger, redact_url
 
 __all__ = [
     "SEND_METHODS",
     "RpcClient",
     "RpcObserver",
+    "call_params",
     "classify_error",
     "outcome_of",
     "redact_url",
@@ -45,39 +49,8 @@ __all__ = [
 
 log = get_logger(__name__)
 
-SEND_METHODS = frozenset(
-    {
-        "eth_sendRawTransaction",
-        "eth_sendTransaction",
-        "eth_sendBundle",
-        "eth_sendPrivateTransaction",
-    }
-)
-_LOG_METHODS = frozenset({"eth_getLogs", "eth_getFilterLogs"})
-# Provider phrasings of "your getLogs asked for too much" (geth, Infura, Alchemy, Ankr, ...).
-_RANGE_PHRASES = (
-    "block range",
-    "range too large",
-    "range is too large",
-    "too wide",
-    "more than",
-    "max results",
-    "maximum block range",
-    "response size",
-    "range limit",
-    "is limited to",
-    "too many blocks",
-    "exceeds max",
-)
-_RATE_PHRASES = ("rate limit", "limit exceeded", "too many requests", "exceeded its", "capacity")
-_UNDERPRICED_PHRASES = (
-    "underpriced",
-    "fee too low",
-    "less than block base fee",
-    "max fee per gas less than",
-    "gas price too low",
-)
-_NONCE_PHRASES = ("nonce too low", "nonce has already been used", "invalid nonce")
+_HEDGE_LATENCY_FACTOR = 3  # hedge a read only once it is this much slower than usual
+_LATENCY_ALPHA = 0.2
 
 
 class RpcObserver(Protocol):
@@ -86,114 +59,33 @@ class RpcObserver(Protocol):
     def __call__(self, method: str, seconds: float, outcome: str) -> None: ...
 
 
-def _revert_data(data: Any) -> str:
-    """Normalise the many shapes nodes use for revert data into 0x-hex ('0x' if none)."""
-    if isinstance(data, dict):
-        return _revert_data(data.get("data") or data.get("result"))
-    if isinstance(data, str):
-        s = data.strip()
-        if s.startswith("Reverted "):  # Nethermind
-            s = s[len("Reverted ") :]
-        if s.startswith("0x") and all(c in "0123456789abcdefABCDEF" for c in s[2:]):
-            return s.lower()
-    return "0x"
+class RpcClient(EthMethods):
+    """JSON-RPC client. Use `async with RpcClient(url) as rpc:` or `start()`/`close()`.
 
-
-def classify_error(
-    method: str,
-    *,
-    code: int | None = None,
-    message: str = "",
-    data: Any = None,
-    http_status: int | None = None,
-) -> RpcError:
-    """Map one JSON-RPC error object or bare HTTP status into the errors.py tree.
-
-    A JSON-RPC error body wins over the HTTP status (some nodes send reverts as HTTP 500).
+    `url` is one URL or a sequence of them (failover for reads, broadcast for sends).
     """
-    msg = (message or "").lower()
-    kw: dict[str, Any] = {"code": code if code is not None else http_status, "method": method}
-    if code is None and http_status is not None:
-        text = f"HTTP {http_status}" + (f": {message}" if message else "")
-        if http_status == 429:
-            return RpcRateLimited(text, **kw)
-        if http_status in (408, 504):
-            return RpcTimeout(text, **kw)
-        if http_status >= 500:
-            return RpcTransportError(text, **kw)
-        if http_status in (401, 403):
-            return RpcError(text + " (check the RPC URL's API key)", **kw)
-        return RpcError(text, **kw)
-
-    text = message or f"JSON-RPC error {code}"
-    if code == 3 or "revert" in msg:
-        return ExecutionReverted(text, code=code, method=method, data=_revert_data(data))
-    if any(p in msg for p in _NONCE_PHRASES):
-        return NonceTooLow(text, data=data, **kw)
-    if any(p in msg for p in _UNDERPRICED_PHRASES):
-        return TxUnderpriced(text, data=data, **kw)
-    # Range before rate: Infura's getLogs cap is -32005 "query returned more than 10000 results".
-    if method in _LOG_METHODS and any(p in msg for p in _RANGE_PHRASES):
-        return RpcRangeTooLarge(text, data=data, **kw)
-    if code == -32005 or code == 429 or any(p in msg for p in _RATE_PHRASES):
-        return RpcRateLimited(text, data=data, **kw)
-    return RpcError(text, data=data, **kw)
-
-
-_OUTCOMES: tuple[tuple[type[RpcError], str], ...] = (
-    (RpcTimeout, "timeout"),
-    (RpcTransportError, "transport"),
-    (RpcRateLimited, "rate_limited"),
-    (RpcRangeTooLarge, "range_too_large"),
-    (ExecutionReverted, "reverted"),
-    (NonceTooLow, "nonce_too_low"),
-    (TxUnderpriced, "underpriced"),
-)
-
-
-def outcome_of(result: Any) -> str:
-    """Metric outcome label for a result or error: ok / timeout / transport / ... / error."""
-    if not isinstance(result, BaseException):
-        return "ok"
-    for cls, name in _OUTCOMES:
-        if isinstance(result, cls):
-            return name
-    return "error"
-
-
-def _block_param(block: int | str | dict[str, Any]) -> Any:
-    return hex(block) if isinstance(block, int) else block
-
-
-def _hex_data(data: bytes | str) -> str:
-    if isinstance(data, bytes | bytearray):
-        return "0x" + bytes(data).hex()
-    return data if data.startswith("0x") else "0x" + data
-
-
-def _to_bytes(hex_str: str | None) -> bytes:
-    return bytes.fromhex(hex_str[2:] if hex_str and hex_str.startswith("0x") else hex_str or "")
-
-
-class RpcClient:
-    """JSON-RPC client. Use `async with RpcClient(url) as rpc:` or `start()`/`close()`."""
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         timeout_s: float = 10.0,
         max_retries: int = 4,
-        backoff_base_s: float = 0.25,
+        backoff_base_s: float = 0.1,
         backoff_max_s: float = 8.0,
         max_batch: int = 100,
         max_batch_bytes: int = 1_000_000,
         max_connections: int = 32,
         headers: dict[str, str] | None = None,
+        read_deadline_s: float | None = None,
+        send_deadline_s: float = 6.0,
         on_request: RpcObserver | Callable[[str, float, str], None] | None = None,
+        on_event: Callable[[str, str], None] | None = None,
+        on_health: Callable[[Endpoint], None] | None = None,
     ) -> None:
-        self._url = url
-        self.endpoint = redact_url(url)  # safe to log
+        urls = [url] if isinstance(url, str) else list(url)
+        self.pool = EndpointPool(urls, on_health=on_health)
+        self.endpoint = ", ".join(redact_url(u) for u in urls)  # safe to log
         self.timeout_s = timeout_s
         self.max_retries = max(0, max_retries)
         self._backoff_base = backoff_base_s
@@ -203,7 +95,11 @@ class RpcClient:
         self._max_batch_bytes = max(1, max_batch_bytes)
         self._max_connections = max_connections
         self._headers = {"Content-Type": "application/json", **(headers or {})}
+        self.read_deadline_s = read_deadline_s  # None: reads are never hedged
+        self.send_deadline_s = send_deadline_s
         self._on_request = on_request
+        self._on_event = on_event
+        self._latency: dict[str, float] = {}  # usual latency per method (EWMA of winners)
         self._ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
 
@@ -217,6 +113,8 @@ class RpcClient:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections),
                 headers=self._headers,
+                # A connect that times out never sent anything: mapped to RpcRefused.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(self.timeout_s, 5.0)),
             )
         return self
 
@@ -242,20 +140,17 @@ class RpcClient:
         self, method: str, params: Sequence[Any] = (), *, timeout_s: float | None = None
     ) -> Any:
         """One request; raises the mapped RpcError. Transient errors are retried (not sends)."""
-        attempts = 1 if method in SEND_METHODS else self.max_retries + 1
+        if method == "eth_sendRawTransaction" and len(params) == 1:
+            return await self.send_raw_transaction(params[0])
+        send = method in SEND_METHODS
+        # Every endpoint gets a chance at a read, whatever max_retries says.
+        attempts = 1 if send else max(self.max_retries + 1, len(self.pool))
+        tried: list[Endpoint] = []
         for attempt in range(1, attempts + 1):
             t0 = time.monotonic()
+            payload = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
             try:
-                body = await self._post(
-                    {
-                        "jsonrpc": "2.0",
-                        "id": next(self._ids),
-                        "method": method,
-                        "params": list(params),
-                    },
-                    method,
-                    timeout_s,
-                )
+                body = await self._request(payload, method, timeout_s, hedge=not send, tried=tried)
                 result = self._unwrap(body, method)
             except RpcError as e:
                 self._observe(method, time.monotonic() - t0, outcome_of(e))
@@ -267,14 +162,98 @@ class RpcClient:
             return result
         raise AssertionError("unreachable")
 
+    async def _request(
+        self, payload: Any, method: str, timeout_s: float | None, *, hedge: bool, tried: list[Endpoint]
+    ) -> Any:
+        """One logical request: to the best endpoint not `tried` yet, hedged on another if it stalls.
+
+        Appends the endpoints it uses to `tried`, so a retry goes elsewhere first."""
+        timeout = timeout_s or self.timeout_s
+        first = self.pool.pick(exclude=tried)
+        if tried and first not in tried:
+            self._event("failover", first.label)
+        tried.append(first)
+        if not hedge or self.read_deadline_s is None:
+            return await self._attempt(first, payload, method, timeout)
+        key = _latency_key(payload)
+        hedge_after = max(self.read_deadline_s, _HEDGE_LATENCY_FACTOR * self._latency.get(key, 0.0))
+        if hedge_after >= timeout:
+            return await self._attempt(first, payload, method, timeout)
+        tasks = [asyncio.create_task(self._attempt(first, payload, method, timeout, key))]
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=hedge_after)
+            if not done:
+                second = self.pool.pick(exclude=tried)
+                tried.append(second)
+                self._event("hedged", second.label)
+                log.debug("rpc.hedged", method=method, after_s=round(hedge_after, 3), endpoint=second.name)
+                tasks.append(asyncio.create_task(self._attempt(second, payload, method, timeout, key)))
+            return await _first_answer(tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _attempt(
+        self, ep: Endpoint, payload: Any, method: str, timeout_s: float, key: str | None = None
+    ) -> Any:
+        """POST to `ep`, keeping its health. A transient error in the answer is raised here."""
+        if self._session is None:
+            raise RuntimeError("RpcClient not started: use `async with RpcClient(...)`")
+        t0 = time.monotonic()
+        try:
+            body = await transport.post(self._session, ep, payload, method, timeout_s)
+            err = _transient_in(body, method)
+            if err is not None and not isinstance(body, list):
+                raise err
+        except TRANSIENT_ERRORS:
+            self.pool.failed(ep)
+            raise
+        except asyncio.CancelledError:
+            self.pool.sample(ep, time.monotonic() - t0)  # abandoned as stalled: it was slow
+            raise
+        elapsed = time.monotonic() - t0
+        if err is not None:  # a batch refused item by item: the items are retried by the caller
+            self.pool.failed(ep)
+            return body
+        self.pool.ok(ep, elapsed)
+        if key is not None:
+            old = self._latency.get(key)
+            self._latency[key] = elapsed if old is None else old + _LATENCY_ALPHA * (elapsed - old)
+        return body
+
+    async def send_raw_transaction(self, raw: bytes | str) -> str:
+        """Broadcast to every endpoint (see keeper/chain/broadcast.py). Returns the tx hash."""
+        raw_hex = _hex_data(raw)
+        method = "eth_sendRawTransaction"
+
+        async def send_one(ep: Endpoint) -> str:
+            t0 = time.monotonic()
+            payload = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": [raw_hex]}
+            try:
+                result = self._unwrap(await self._attempt(ep, payload, method, self.timeout_s), method)
+            except RpcError as e:
+                self._observe(method, time.monotonic() - t0, outcome_of(e))
+                raise
+            self._observe(method, time.monotonic() - t0, "ok")
+            return str(result)
+
+        return await broadcast_raw(self.pool, send_one, raw_hex, deadline_s=self.send_deadline_s,
+                                   on_event=self._event)
+
     async def batch(
-        self, calls: Sequence[tuple[str, Sequence[Any]]], *, timeout_s: float | None = None
+        self,
+        calls: Sequence[tuple[str, Sequence[Any]]],
+        *,
+        timeout_s: float | None = None,
+        partial: bool = False,
     ) -> list[Any]:
         """A real JSON-RPC batch: one POST per `max_batch` items, chunks sent concurrently.
 
         Returns results in request order; a failed item is an RpcError instance in its slot
         (not raised). Items failing transiently are re-sent (alone) with backoff; send
-        methods never are. Raises only if a whole POST fails and cannot be retried.
+        methods never are. A whole POST that fails for good raises, or with `partial` puts its
+        error in each of its items' slots so the other POSTs' answers are still used.
         """
         if not calls:
             return []
@@ -283,10 +262,14 @@ class RpcClient:
         parts = await asyncio.gather(
             *(self._batch_chunk(c, timeout_s) for c in chunks), return_exceptions=True
         )
-        for part in parts:
+        out: list[Any] = []
+        for chunk, part in zip(chunks, parts, strict=True):
             if isinstance(part, BaseException):
-                raise part
-        return [r for part in parts for r in part]  # type: ignore[union-attr]
+                if not (partial and isinstance(part, RpcError)):
+                    raise part
+                part = [part] * len(chunk)
+            out.extend(part)
+        return out
 
     def _split(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Sequence[tuple[str, Sequence[Any]]]]:
         """Chunks of at most `max_batch` items and about `max_batch_bytes` of JSON each."""
@@ -306,12 +289,13 @@ class RpcClient:
     ) -> list[Any]:
         results: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
-        attempts = self.max_retries + 1
+        attempts = max(self.max_retries + 1, len(self.pool))
+        tried: list[Endpoint] = []
         for attempt in range(1, attempts + 1):
             sub = [calls[i] for i in pending]
             has_send = any(m in SEND_METHODS for m, _ in sub)
             try:
-                out = await self._post_batch(sub, timeout_s)
+                out = await self._post_batch(sub, timeout_s, tried)
             except TRANSIENT_ERRORS as e:
                 if has_send or attempt == attempts:
                     raise
@@ -329,16 +313,17 @@ class RpcClient:
         return results
 
     async def _post_batch(
-        self, calls: Sequence[tuple[str, Sequence[Any]]], timeout_s: float | None
+        self, calls: Sequence[tuple[str, Sequence[Any]]], timeout_s: float | None, tried: list[Endpoint]
     ) -> list[Any]:
         ids = [next(self._ids) for _ in calls]
+        has_send = any(m in SEND_METHODS for m, _ in calls)
         payload = [
             {"jsonrpc": "2.0", "id": i, "method": m, "params": list(p)}
             for i, (m, p) in zip(ids, calls, strict=True)
         ]
         t0 = time.monotonic()
         try:
-            body = await self._post(payload, "batch", timeout_s)
+            body = await self._request(payload, "batch", timeout_s, hedge=not has_send, tried=tried)
         except RpcError as e:
             elapsed = time.monotonic() - t0
             for m, _ in calls:
@@ -365,38 +350,6 @@ class RpcClient:
             out.append(r)
         return out
 
-    async def _post(self, payload: Any, method: str, timeout_s: float | None) -> Any:
-        """POST once; return parsed JSON or raise a mapped RpcError. No retries here."""
-        if self._session is None:
-            raise RuntimeError("RpcClient not started: use `async with RpcClient(...)`")
-        where = f"({self.endpoint})"
-        try:
-            async with asyncio.timeout(timeout_s or self.timeout_s):
-                async with self._session.post(self._url, data=json.dumps(payload)) as resp:
-                    status = resp.status
-                    raw = await resp.read()
-        except TimeoutError:
-            raise RpcTimeout(
-                f"no answer within {timeout_s or self.timeout_s:g}s {where}", method=method
-            ) from None
-        except (aiohttp.ClientError, OSError) as e:
-            # `from None`: aiohttp exceptions can carry the full URL in their text.
-            reason = getattr(getattr(e, "os_error", None), "strerror", None) or type(e).__name__
-            raise RpcTransportError(f"{reason} {where}", method=method) from None
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        jsonrpc_shaped = isinstance(body, list) or (
-            isinstance(body, dict) and ("result" in body or "error" in body)
-        )
-        if status == 429 or (status != 200 and not jsonrpc_shaped):
-            snippet = raw[:120].decode("utf-8", "replace").strip() if status != 429 else ""
-            raise classify_error(method, http_status=status, message=snippet)
-        if not jsonrpc_shaped:
-            raise RpcTransportError(f"non JSON-RPC response {where}", method=method)
-        return body
-
     @staticmethod
     def _unwrap_error(body: dict[str, Any], method: str) -> RpcError:
         err = body.get("error")
@@ -416,6 +369,8 @@ class RpcClient:
         return body["result"]
 
     async def _backoff(self, method: str, attempt: int, error: BaseException) -> None:
+        if attempt < len(self.pool):
+            return  # another endpoint has not failed this request yet: fail over to it at once
         # Exponential with "equal jitter": half fixed, half random, so retries from many
         # tasks don't arrive at the provider in lockstep.
         delay = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
@@ -426,9 +381,15 @@ class RpcClient:
             attempt=attempt,
             delay_s=round(delay, 3),
             error=type(error).__name__,
-            endpoint=self.endpoint,
         )
         await asyncio.sleep(delay)
+
+    def _event(self, event: str, endpoint: str) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(event, endpoint)
+            except Exception:  # a broken metrics hook must never break RPC
+                log.exception("rpc.observer_failed", event=event)
 
     def _observe(self, method: str, seconds: float, outcome: str) -> None:
         if self._on_request is None:
@@ -438,104 +399,43 @@ class RpcClient:
         except Exception:  # a broken metrics hook must never break RPC
             log.exception("rpc.observer_failed", method=method)
 
-    # -- typed helpers -----------------------------------------------------------------
 
-    async def block_number(self) -> int:
-        return int(await self.call("eth_blockNumber"), 16)
-
-    async def chain_id(self) -> int:
-        return int(await self.call("eth_chainId"), 16)
-
-    async def get_block(
-        self, tag_or_number: int | str = "latest", full: bool = False
-    ) -> dict | None:
-        if isinstance(tag_or_number, str) and len(tag_or_number) == 66:
-            return await self.call("eth_getBlockByHash", [tag_or_number, full])
-        return await self.call("eth_getBlockByNumber", [_block_param(tag_or_number), full])
-
-    async def eth_call(
-        self,
-        to: str,
-        data: bytes | str,
-        block: int | str = "latest",
-        gas: int | None = None,
-        from_: str | None = None,
-    ) -> bytes:
-        """eth_call returning raw bytes; a revert raises ExecutionReverted(.data=revert hex)."""
-        return _to_bytes(await self.call("eth_call", call_params(to, data, block, gas, from_)))
-
-    async def get_logs(self, filter: dict[str, Any]) -> list[dict[str, Any]]:
-        """Raises RpcRangeTooLarge when the provider wants a smaller range; split and retry."""
-        f = dict(filter)
-        for k in ("fromBlock", "toBlock"):
-            if isinstance(f.get(k), int):
-                f[k] = hex(f[k])
-        return await self.call("eth_getLogs", [f])
-
-    async def get_code(self, addr: str, block: int | str = "latest") -> bytes:
-        return _to_bytes(await self.call("eth_getCode", [addr, _block_param(block)]))
-
-    async def get_balance(self, addr: str, block: int | str = "latest") -> int:
-        return int(await self.call("eth_getBalance", [addr, _block_param(block)]), 16)
-
-    async def get_transaction_count(self, addr: str, block: int | str = "pending") -> int:
-        return int(await self.call("eth_getTransactionCount", [addr, _block_param(block)]), 16)
-
-    async def send_raw_transaction(self, raw: bytes | str) -> str:
-        """Broadcast once (never retried). Returns the tx hash as 0x-hex."""
-        return await self.call("eth_sendRawTransaction", [_hex_data(raw)])
-
-    async def get_transaction_receipt(self, tx_hash: str) -> dict[str, Any] | None:
-        return await self.call("eth_getTransactionReceipt", [tx_hash])
-
-    async def fee_history(
-        self,
-        block_count: int,
-        newest: int | str = "latest",
-        reward_percentiles: Sequence[float] = (),
-    ) -> dict[str, Any]:
-        return await self.call(
-            "eth_feeHistory", [hex(block_count), _block_param(newest), list(reward_percentiles)]
-        )
-
-    async def wait_for_receipt(
-        self,
-        tx_hash: str,
-        timeout: float,  # noqa: ASYNC109 - a deadline for the whole wait, applied below
-        poll_interval: float = 1.0,
-    ) -> dict[str, Any]:
-        """Poll until the receipt exists; RpcTimeout(method='wait_for_receipt') at the deadline.
-
-        Transient errors while polling are ignored until the deadline.
-        """
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    try:
-                        receipt = await self.get_transaction_receipt(tx_hash)
-                    except TRANSIENT_ERRORS as e:
-                        log.debug("rpc.receipt_poll_failed", tx=tx_hash, error=type(e).__name__)
-                        receipt = None
-                    if receipt is not None:
-                        return receipt
-                    await asyncio.sleep(poll_interval)
-        except TimeoutError:
-            raise RpcTimeout(
-                f"no receipt for {tx_hash} within {timeout:g}s", method="wait_for_receipt"
-            ) from None
+async def _first_answer(tasks: list[asyncio.Task[Any]]) -> Any:
+    """The first task to answer, or to fail for good; a transient failure waits for the others."""
+    pending = set(tasks)
+    last: BaseException | None = None
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            exc = t.exception()
+            if exc is None:
+                return t.result()
+            if not isinstance(exc, TRANSIENT_ERRORS):
+                raise exc
+            last = exc
+    assert last is not None
+    raise last
 
 
-def call_params(
-    to: str,
-    data: bytes | str,
-    block: int | str = "latest",
-    gas: int | None = None,
-    from_: str | None = None,
-) -> list[Any]:
-    """eth_call params, shared by RpcClient.eth_call and batched callers (multicall)."""
-    tx: dict[str, Any] = {"to": to, "data": _hex_data(data)}
-    if gas is not None:
-        tx["gas"] = hex(gas)
-    if from_ is not None:
-        tx["from"] = from_
-    return [tx, _block_param(block)]
+def _latency_key(payload: Any) -> str:
+    if isinstance(payload, list):
+        return f"batch:{payload[0].get('method') if payload else ''}:{len(payload)}"
+    return str(payload.get("method"))
+
+
+def _transient_in(body: Any, method: str) -> RpcError | None:
+    """A transient error answered for the whole request (a single call, or every batch item)."""
+    items = body if isinstance(body, list) else [body]
+    errs = [it.get("error") for it in items if isinstance(it, dict)]
+    if not items or len(errs) != len(items) or not all(isinstance(e, dict) for e in errs):
+        return None
+    e0 = errs[0]
+    err = classify_error(method, code=e0.get("code"), message=str(e0.get("message", "")), data=e0.get("data"))
+    if not isinstance(err, TRANSIENT_ERRORS):
+        return None
+    if isinstance(body, list):  # every item must be transient too, else the batch answer stands
+        for e in errs[1:]:
+            c = classify_error(method, code=e.get("code"), message=str(e.get("message", "")))
+            if not isinstance(c, TRANSIENT_ERRORS):
+                return None
+    return err

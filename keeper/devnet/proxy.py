@@ -11,8 +11,8 @@ upstream node (Anvil). It is the stand-in for a real provider in tests and bench
     "429"    HTTP 429, nothing forwarded
     "-32005" a JSON-RPC error -32005 "limit exceeded" for every item, nothing forwarded
     "stall"  forwarded, answered after `stall_s` seconds (a slow or hung provider)
-  Requests whose methods are all in `exempt` (e.g. the test's own anvil_* / evm_* calls) are
-  never faulted.
+  Requests whose methods are all in `exempt` (and by default the test's own anvil_* / evm_*
+  calls), or none in `only` when it is given, are never faulted.
 
     async with RpcProxy(anvil.url, fault_rate=0.2, seed=1) as proxy:
         rpc = RpcClient(proxy.url)
@@ -74,6 +74,7 @@ class RpcProxy:
         stall_s: float = 3.0,
         exempt: Iterable[str] = (),
         exempt_devnet_control: bool = True,
+        only: Iterable[str] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         upstream_timeout_s: float = 60.0,
@@ -89,6 +90,7 @@ class RpcProxy:
         self.stall_s = stall_s
         self.exempt = frozenset(exempt)
         self.exempt_devnet_control = exempt_devnet_control
+        self.only = frozenset(only) if only is not None else None  # None: every method may fail
         self._kinds = list(weights)
         self._weights = [weights[k] for k in self._kinds]
         self._rng = random.Random(seed)
@@ -176,8 +178,10 @@ class RpcProxy:
 
     def _faultable(self, methods: list[str]) -> bool:
         def exempt(m: str) -> bool:
-            return m in self.exempt or (
-                self.exempt_devnet_control and m.startswith(DEVNET_CONTROL_PREFIXES)
+            return (
+                m in self.exempt
+                or (self.only is not None and m not in self.only)
+                or (self.exempt_devnet_control and m.startswith(DEVNET_CONTROL_PREFIXES))
             )
 
         return not all(exempt(m) for m in methods)

@@ -25,12 +25,14 @@ from typing import Literal
 from eth_abi import encode
 from eth_utils import to_checksum_address
 
+from keeper.chain.broadcast import already_known
 from keeper.errors import (
     TRANSIENT_ERRORS,
     ExecutionReverted,
     KeeperError,
     NonceTooLow,
     RpcError,
+    TxNotAccepted,
     TxUnderpriced,
 )
 from keeper.exec.attempt import Attempt, SentTx, Status, gwei
@@ -41,7 +43,6 @@ from keeper.protocol.aave_v3 import LIQUIDATION
 
 log = get_logger(__name__)
 
-_ALREADY_KNOWN = ("already known", "already imported", "known transaction")
 
 
 class Follower(SenderCore):
@@ -212,10 +213,16 @@ class Follower(SenderCore):
             a.last_sent = head
             log.info("exec.replacement_refused", borrower=a.key, nonce=a.nonce, error=str(e))
             return False
+        except TxNotAccepted as e:
+            # Every endpoint refused the same bytes until the deadline: nothing replaced the live one.
+            log.warning("exec.broadcast_not_accepted", borrower=a.key, nonce=a.nonce, tx=tx_hash,
+                        error=str(e))
+            a.last_sent = head
+            return False
         except TRANSIENT_ERRORS as e:
             log.warning("exec.broadcast_uncertain", tx=tx_hash, error=type(e).__name__)
         except RpcError as e:
-            if not any(p in str(e).lower() for p in _ALREADY_KNOWN):
+            if not already_known(e):
                 log.warning("exec.replacement_failed", borrower=a.key, nonce=a.nonce, error=str(e))
                 a.last_sent = head
                 return False

@@ -19,15 +19,24 @@ succeed starts a cooldown of `cooldown_blocks` for its key; a success starts non
 still liquidatable after a capped liquidation is taken again in the next block). Outcomes go
 to the safety gate (exec/safety.py): only a reverted transaction counts against the circuit
 breaker. With the kill switch and the gas floor, it may refuse a submit.
-`eth_sendRawTransaction` is never retried blindly: after a transport error the bytes may be in
-a mempool, so the attempt is followed by hash instead of sent twice.
+`eth_sendRawTransaction` is never retried blindly: the RPC layer re-sends the same bytes only
+while every node refused them (TxNotAccepted at its deadline: the nonce is released); after a
+failure that may have reached a node the bytes may be in a mempool, so the attempt is followed
+by hash instead of sent twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from keeper.errors import TRANSIENT_ERRORS, ExecutionError, NonceTooLow, RpcError, RpcTimeout
+from keeper.errors import (
+    TRANSIENT_ERRORS,
+    ExecutionError,
+    NonceTooLow,
+    RpcError,
+    RpcTimeout,
+    TxNotAccepted,
+)
 from keeper.exec.attempt import (
     Attempt,
     Intent,
@@ -174,6 +183,10 @@ class Sender(Follower):
                 await self.nonces.resync()
                 if attempt == 2:
                     raise ExecutionError("the node keeps refusing the nonce as too low") from None
+            except TxNotAccepted as e:
+                # No node took the bytes (the RPC layer re-sent them until its deadline): the nonce is free.
+                await self.nonces.release(nonce)
+                raise ExecutionError(f"no endpoint accepted the transaction: {e}") from e
             except TRANSIENT_ERRORS as e:
                 # The bytes may have reached the node; follow the hash, never send twice.
                 log.warning("exec.broadcast_uncertain", tx=tx_hash, error=type(e).__name__)
@@ -208,6 +221,9 @@ class Sender(Follower):
                 await self.nonces.resync()
                 if attempt == 2:
                     raise ExecutionError("the node keeps refusing the nonce as too low") from None
+            except TxNotAccepted as e:
+                await self.nonces.release(nonce)
+                raise ExecutionError(f"no endpoint accepted the transaction: {e}") from e
             except TRANSIENT_ERRORS as e:
                 log.warning("exec.broadcast_uncertain", tx=tx_hash, error=type(e).__name__)
                 return tx_hash, nonce

@@ -15,7 +15,7 @@ from eth_utils import to_checksum_address
 
 from keeper.chain.multicall import Call, multicall
 from keeper.chain.rpc import RpcClient
-from keeper.errors import KeeperError, RpcRangeTooLarge, RpcTimeout
+from keeper.errors import KeeperError, RpcError, RpcRangeTooLarge, RpcTimeout
 from keeper.health.mirror import Applied, EModeCategory, HealthMirror, ReserveState, UserState
 from keeper.health.mirror_events import blocks_missing_timestamps, mirror_topics
 from keeper.log import get_logger
@@ -140,9 +140,13 @@ async def load_market(rpc: RpcClient, mirror: HealthMirror, block: int, *, batch
 
 
 async def refresh_users(rpc: RpcClient, mirror: HealthMirror, users: Sequence[Address], block: int, *,
-                        previous_index: bool = True, batch_size: int = 500) -> None:
+                        previous_index: bool = True, batch_size: int = 500,
+                        failed: list[Address] | None = None) -> None:
     """Re-read `users`' eMode, collateral bits and scaled balances at `block` (which must be the
-    block the mirror's logs are applied to) and replace their mirrored state."""
+    block the mirror's logs are applied to) and replace their mirrored state.
+
+    With `failed` given, a user whose reads' request failed for good is appended to it and
+    keeps its old state (the caller retries it next block) instead of failing the whole refresh."""
     if not users:
         return
     reserves = sorted(mirror.reserves.values(), key=lambda r: r.id)
@@ -156,10 +160,13 @@ async def refresh_users(rpc: RpcClient, mirror: HealthMirror, users: Sequence[Ad
             if previous_index:
                 calls += [(r.a_token, GET_PREVIOUS_INDEX.encode(u)),
                           (r.variable_debt_token, GET_PREVIOUS_INDEX.encode(u))]
-    results = await multicall(rpc, calls, block, batch_size=batch_size)
+    results = await multicall(rpc, calls, block, batch_size=batch_size, partial=failed is not None)
     step = 4 if previous_index else 2
     for k, u in enumerate(users):
         chunk = results[k * per_user : (k + 1) * per_user]
+        if failed is not None and any(isinstance(r, RpcError) for r in chunk):
+            failed.append(u)
+            continue
         config = GET_USER_CONFIGURATION.decode_one(_ok(chunk[0], f"getUserConfiguration({u})"))[0]
         state = UserState(collateral_mask=UserState.collateral_mask_from_config(config),
                           emode=GET_USER_EMODE.decode_one(_ok(chunk[1], f"getUserEMode({u})")))
@@ -231,11 +238,14 @@ class CatchUp:
 
 
 async def catch_up(rpc: RpcClient, mirror: HealthMirror, to_block: int, *,
-                   max_range: int = 2_000, timestamp: int | None = None) -> CatchUp:
+                   max_range: int = 2_000, failed: list[Address] | None = None,
+                   timestamp: int | None = None) -> CatchUp:
     """Apply every log in (mirror.block, to_block], re-read what the logs could not say, and leave
     the mirror at `to_block`. Not reorg-aware: call it with a block the caller considers final,
-    or re-bootstrap after a reorg below `mirror.block`. `timestamp` is `to_block`'s when the
-    caller has its header already (the head it is acting on): one request fewer per block."""
+    or re-bootstrap after a reorg below `mirror.block`. With `failed`, users whose re-read
+    failed for good are appended to it (see refresh_users) instead of failing the catch-up.
+    `timestamp` is `to_block`'s when the caller has its header already (the head it is acting
+    on): one request fewer per block."""
     t0 = time.monotonic()
     start = mirror.block + 1
     if to_block < start:
@@ -252,7 +262,7 @@ async def catch_up(rpc: RpcClient, mirror: HealthMirror, to_block: int, *,
     else:
         if mirror.dirty_users:
             out.refreshed_users = set(mirror.dirty_users)
-            await refresh_users(rpc, mirror, sorted(mirror.dirty_users), to_block)
+            await refresh_users(rpc, mirror, sorted(mirror.dirty_users), to_block, failed=failed)
         if mirror.dirty_prices:
             out.refreshed_prices = set(mirror.dirty_prices)
             await refresh_prices(rpc, mirror, sorted(mirror.dirty_prices), to_block)

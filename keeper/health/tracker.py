@@ -18,6 +18,7 @@ from keeper.health import mirror_sync
 from keeper.health.mirror import HealthMirror
 from keeper.health.schedule import due
 from keeper.log import get_logger
+from keeper.metrics import Metrics
 from keeper.protocol.aave_v3 import read_account_health
 from keeper.types import AccountHealth, Address, Market
 
@@ -43,14 +44,19 @@ class HealthTracker:
         source: str = "mirror",
         batch_size: int = 500,
         gas_per_batch: int = 50_000_000,
+        metrics: Metrics | None = None,
         recheck_per_block: int = 0,
     ) -> None:
         self.rpc, self.market, self.source = rpc, market, source
         self.batch_size, self.gas = batch_size, gas_per_batch
+        self.metrics = metrics
         self.recheck_per_block = recheck_per_block  # 0: every account the schedule says is due
         self.mirror: HealthMirror | None = None
         self.borrowers: set[Address] = set()
         self.checked_at: dict[Address, int] = {}  # last block each account was read on chain
+        # Reads whose request failed for good: retried next block while the rest goes on.
+        self.unread: set[Address] = set()  # getUserAccountData
+        self.unrefreshed: set[Address] = set()  # the mirror's per-user state
 
     async def start(self, borrowers: Iterable[Address], block: int) -> None:
         self.borrowers = set(borrowers)
@@ -80,23 +86,28 @@ class HealthTracker:
             # The mirror is not reorg-aware: rebuild it from the chain as it now is.
             await self.start(self.borrowers, block)
         else:
-            caught = await mirror_sync.catch_up(self.rpc, self.mirror, block, timestamp=timestamp)
+            not_refreshed: list[Address] = []
+            caught = await mirror_sync.catch_up(self.rpc, self.mirror, block, failed=not_refreshed,
+                                                timestamp=timestamp)
+            self._deferred("mirror_refresh", not_refreshed, block)
             moved = caught.applied.users & self.borrowers
-            new = sorted(added - set(self.mirror.users))
-            await mirror_sync.refresh_users(self.rpc, self.mirror, new, block, batch_size=self.batch_size)
+            new = (added - set(self.mirror.users)) | (self.unrefreshed & self.borrowers)
+            await self._refresh(sorted(new - set(not_refreshed)), block, keep=set(not_refreshed))
         local = self.mirror.recompute(self.borrowers)
         mirror_s = time.monotonic() - t0
         # Read on chain: the schedule's tiers, everything the mirror calls liquidatable, and every
         # account that changed in these blocks (a borrower liquidated by 50% is confirmed at once,
-        # whatever the mirror thinks, so a second round is never left to a later tier).
+        # whatever the mirror thinks, so a second round is never left to a later tier), and
+        # whatever the mirror could not re-read or the chain could not answer last block.
         must = {u for u, h in local.items() if h.liquidatable} | moved
+        must |= (self.unread | self.unrefreshed) & self.borrowers
         to_read = must | self._budget(due(block, local, self.borrowers) - must)
         chain = await self._read(sorted(to_read), block)
         self.checked_at.update(dict.fromkeys(to_read, block))
         drifted = [h.user for h in chain if _differs(local.get(h.user), h)]
         if drifted:
             log.warning("health.mirror_drift", block=block, users=len(drifted), sample=drifted[:3])
-            await mirror_sync.refresh_users(self.rpc, self.mirror, drifted, block, batch_size=self.batch_size)
+            await self._refresh(drifted, block, keep=set(self.unrefreshed))
         tracked = sum(1 for h in local.values() if h.total_debt_base) + sum(
             1 for h in chain if h.user not in local and h.total_debt_base
         )
@@ -119,9 +130,28 @@ class HealthTracker:
         )
 
     async def _read(self, users: list[Address], block: int) -> list[AccountHealth]:
-        return await read_account_health(
-            self.rpc, self.market, users, block, batch_size=self.batch_size, gas_per_batch=self.gas
+        failed: list[Address] = []
+        out = await read_account_health(
+            self.rpc, self.market, users, block, batch_size=self.batch_size, gas_per_batch=self.gas,
+            failed=failed,
         )
+        self.unread = set(failed)
+        self._deferred("account_data", failed, block)
+        return out
+
+    async def _refresh(self, users: list[Address], block: int, keep: set[Address] | None = None) -> None:
+        failed: list[Address] = []
+        await mirror_sync.refresh_users(self.rpc, self.mirror, users, block, batch_size=self.batch_size,
+                                        failed=failed)
+        self.unrefreshed = (keep or set()) | set(failed)
+        self._deferred("mirror_refresh", failed, block)
+
+    def _deferred(self, stage: str, users: list[Address], block: int) -> None:
+        if not users:
+            return
+        log.warning("health.chunk_failed", stage=stage, block=block, users=len(users), retry="next_block")
+        if self.metrics is not None:
+            self.metrics.read_chunks_failed.labels(stage=stage).inc()
 
 
 def _differs(local: AccountHealth | None, chain: AccountHealth) -> bool:

@@ -13,7 +13,7 @@ from eth_utils import to_checksum_address
 
 from keeper.chain.multicall import multicall
 from keeper.chain.rpc import RpcClient
-from keeper.errors import ConfigError, KeeperError
+from keeper.errors import ConfigError, KeeperError, RpcError
 from keeper.protocol.abi import decode_revert, event, fn
 from keeper.types import AccountHealth, Address, Market, Reserve, ReservePosition
 
@@ -154,19 +154,28 @@ async def _read_reserves(rpc: RpcClient, pool: Address, oracle: Address, assets:
 
 
 async def read_account_health(rpc: RpcClient, market: Market, users: Sequence[Address], block: int,
-                              *, batch_size: int = 500, gas_per_batch: int = 50_000_000
-                              ) -> list[AccountHealth]:
-    """getUserAccountData for every user at one block. A failed read raises; it is never 'healthy'."""
+                              *, batch_size: int = 500, gas_per_batch: int = 50_000_000,
+                              failed: list[Address] | None = None) -> list[AccountHealth]:
+    """getUserAccountData for every user at one block. A failed read raises; it is never 'healthy'.
+
+    With `failed` given, users whose request failed for good are appended to it (and left out
+    of the result) instead of raising, so the other chunks' answers are still used."""
     return await read_account_data(rpc, market.pool, users, block, batch_size=batch_size,
-                                   gas_per_batch=gas_per_batch)
+                                   gas_per_batch=gas_per_batch, failed=failed)
 
 
 async def read_account_data(rpc: RpcClient, pool: Address, users: Sequence[Address], block: int,
-                            *, batch_size: int = 500, gas_per_batch: int = 50_000_000) -> list[AccountHealth]:
+                            *, batch_size: int = 500, gas_per_batch: int = 50_000_000,
+                            failed: list[Address] | None = None) -> list[AccountHealth]:
     calls = [(pool, GET_USER_ACCOUNT_DATA.encode(u)) for u in users]
-    results = await multicall(rpc, calls, block, batch_size=batch_size, gas_per_batch=gas_per_batch)
+    results = await multicall(rpc, calls, block, batch_size=batch_size, gas_per_batch=gas_per_batch,
+                              partial=failed is not None)
     out = []
     for user, result in zip(users, results, strict=True):
+        if isinstance(result, RpcError):
+            assert failed is not None
+            failed.append(user)
+            continue
         c, d, avail, lt, ltv, hf = GET_USER_ACCOUNT_DATA.decode(_ok(result, f"getUserAccountData({user})"))
         out.append(AccountHealth(user, block, c, d, avail, lt, ltv, hf))
     return out

@@ -9,6 +9,7 @@ keeper's token and native balances, valued at the block's oracle prices.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 
 from keeper.chain.multicall import multicall
 from keeper.chain.rpc import RpcClient
-from keeper.devnet.anvil import Anvil, AnvilOptions
+from keeper.devnet.anvil import Anvil, AnvilError, AnvilOptions
 from keeper.errors import ExecutionReverted, RpcError, SimulationError
 from keeper.log import get_logger
 from keeper.protocol.aave_v3 import ALLOWANCE, APPROVE, BALANCE_OF, UINT256_MAX
@@ -26,6 +27,8 @@ from keeper.types import Address
 
 log = get_logger(__name__)
 
+FORK_START_ATTEMPTS = 3
+FORK_RETRY_BASE_S = 0.5
 SIM_GAS_LIMIT = 8_000_000  # the gas actually used comes from the receipt; the real tx gets that + margin
 
 
@@ -83,11 +86,29 @@ class ForkSimulator:
             self._anvil = None
 
     async def at_block(self, block: int) -> None:
-        """Point the fork at `block` (a new process the first time, `anvil_reset` after)."""
+        """Point the fork at `block` (a new process the first time, `anvil_reset` after).
+
+        The fork reads through the user's provider, which may refuse or stall a request just
+        as the fork starts: a failed start or reset is retried with backoff, then raised as
+        SimulationError (the cycle skips simulating at this block, the next block tries again)."""
+        for attempt in range(1, FORK_START_ATTEMPTS + 1):
+            try:
+                return await self._at_block(block)
+            except (AnvilError, RpcError) as e:
+                if self._anvil is not None and self._anvil.proc is not None and self._anvil.proc.returncode:
+                    await self.close()  # the process died: start a new one next time
+                self._block = None
+                if attempt == FORK_START_ATTEMPTS:
+                    raise SimulationError(f"the fork could not be pointed at block {block}: {e}") from e
+                delay = FORK_RETRY_BASE_S * 2 ** (attempt - 1)
+                log.warning("sim.fork_retry", block=block, attempt=attempt, delay_s=delay, error=str(e))
+                await asyncio.sleep(delay)
+
+    async def _at_block(self, block: int) -> None:
         if self._anvil is None:
-            self._anvil = Anvil(AnvilOptions(fork_url=self._upstream, fork_block=block),
-                                binary=self._anvil_path)
-            await self._anvil.start(timeout_s=self._timeout_s)
+            anvil = Anvil(AnvilOptions(fork_url=self._upstream, fork_block=block), binary=self._anvil_path)
+            await anvil.start(timeout_s=self._timeout_s)  # stops the process itself if it fails
+            self._anvil = anvil
             self._rpc = RpcClient(self._anvil.url, timeout_s=self._timeout_s, max_retries=1)
             await self._rpc.start()
         elif self._block != block:

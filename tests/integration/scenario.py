@@ -133,7 +133,9 @@ async def run_price_shock(dn: Devnet, *, symbol: str = "WETH", pct: float = -30,
             await asyncio.wait_for(asyncio.shield(task), 30)
         if not task.done():
             task.cancel()
-    if task.exception() is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, 30)
+    if not task.cancelled() and task.exception() is not None:
         raise task.exception()  # type: ignore[misc]
     end = await dn.rpc.block_number()
     still = sorted(h.user for h in await read_account_health(dn.rpc, market, users, end) if h.liquidatable)

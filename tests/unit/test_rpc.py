@@ -17,8 +17,10 @@ from keeper.errors import (
     RpcError,
     RpcRangeTooLarge,
     RpcRateLimited,
+    RpcRefused,
     RpcTimeout,
     RpcTransportError,
+    TxNotAccepted,
     TxUnderpriced,
 )
 
@@ -54,7 +56,8 @@ def test_redact_url_keeps_scheme_and_host_only(url: str, expected: str) -> None:
     ("kw", "cls"),
     [
         ({"http_status": 429}, RpcRateLimited),
-        ({"http_status": 503}, RpcTransportError),
+        ({"http_status": 503}, RpcRefused),
+        ({"http_status": 502}, RpcTransportError),
         ({"http_status": 504}, RpcTimeout),
         ({"http_status": 401}, RpcError),
         ({"code": -32005, "message": "limit exceeded"}, RpcRateLimited),
@@ -162,12 +165,46 @@ async def test_getlogs_range_error_is_not_retried(fake_node: FakeNode) -> None:
     assert fake_node.requests[0]["params"][0]["toBlock"] == hex(1_000_000)
 
 
-async def test_send_raw_transaction_is_sent_once_when_rate_limited(fake_node: FakeNode) -> None:
-    fake_node.script = [fake_node.http(429), fake_node.result("0x" + "ab" * 32)]
+@pytest.mark.parametrize("refusal", ["429", "503", "-32005"])
+async def test_refused_broadcast_is_resent_as_the_same_bytes_until_accepted(
+    fake_node: FakeNode, refusal: str
+) -> None:
+    if refusal == "-32005":
+        refuse = fake_node.error(-32005, "limit exceeded")
+    else:
+        refuse = fake_node.http(int(refusal))
+    fake_node.script = [refuse, refuse, fake_node.result("0x" + "ab" * 32)]
     async with fast_client(fake_node.url) as rpc:
-        with pytest.raises(RpcRateLimited):
+        assert await rpc.send_raw_transaction(b"\x02\x01") == "0x" + "ab" * 32
+    assert [r["params"] for r in fake_node.requests] == [["0x0201"]] * 3
+
+
+async def test_broadcast_refused_until_its_deadline_is_not_accepted(fake_node: FakeNode) -> None:
+    fake_node.script = [fake_node.http(429)]
+    async with fast_client(fake_node.url, send_deadline_s=0.3) as rpc:
+        with pytest.raises(TxNotAccepted) as info:
             await rpc.send_raw_transaction(b"\x02\x01")
-    assert len(fake_node.requests) == 1
+    assert not isinstance(info.value, TRANSIENT_ERRORS)  # not "uncertain": nothing went out
+    assert len(fake_node.requests) >= 2
+    assert {json.dumps(r["params"]) for r in fake_node.requests} == {'["0x0201"]'}
+
+
+async def test_broadcast_is_uncertain_only_when_it_may_have_reached_the_node(
+    fake_node: FakeNode, dead_url: str
+) -> None:
+    # Refused before sending (nothing listens): not accepted, never uncertain.
+    async with fast_client(dead_url, send_deadline_s=0.2) as rpc:
+        with pytest.raises(TxNotAccepted):
+            await rpc.send_raw_transaction(b"\x02\x01")
+    # Sent, then no answer / connection lost mid-answer: uncertain (transient), sent once.
+    for step, error in ((fake_node.hang(5), RpcTimeout), (fake_node.drop(), RpcTransportError)):
+        fake_node.requests.clear()
+        fake_node.script = [step]
+        async with fast_client(fake_node.url, timeout_s=0.2) as rpc:
+            with pytest.raises(error) as info:
+                await rpc.send_raw_transaction(b"\x02\x01")
+        assert not isinstance(info.value, RpcRefused)
+        assert len(fake_node.requests) == 1
 
 
 @pytest.mark.parametrize("failure", ["drop", "hang"])
