@@ -167,7 +167,8 @@ async def read_account_health(rpc: RpcClient, market: Market, users: Sequence[Ad
 async def read_account_data(rpc: RpcClient, pool: Address, users: Sequence[Address], block: int,
                             *, batch_size: int = 500, gas_per_batch: int = 50_000_000,
                             failed: list[Address] | None = None) -> list[AccountHealth]:
-    calls = [(pool, GET_USER_ACCOUNT_DATA.encode(u)) for u in users]
+    selector = GET_USER_ACCOUNT_DATA.selector  # encode(address) by hand: same bytes, no eth-abi per user
+    calls = [(pool, selector + bytes(12) + bytes.fromhex(u[2:])) for u in users]
     results = await multicall(rpc, calls, block, batch_size=batch_size, gas_per_batch=gas_per_batch,
                               partial=failed is not None)
     out = []
@@ -176,7 +177,10 @@ async def read_account_data(rpc: RpcClient, pool: Address, users: Sequence[Addre
             assert failed is not None
             failed.append(user)
             continue
-        c, d, avail, lt, ltv, hf = GET_USER_ACCOUNT_DATA.decode(_ok(result, f"getUserAccountData({user})"))
+        raw = _ok(result, f"getUserAccountData({user})")
+        if len(raw) < 192:  # six uint256, as eth-abi would insist
+            raise MarketReadError(f"getUserAccountData({user}): {len(raw)} bytes, expected 192")
+        c, d, avail, lt, ltv, hf = (int.from_bytes(raw[i : i + 32], "big") for i in range(0, 192, 32))
         out.append(AccountHealth(user, block, c, d, avail, lt, ltv, hf))
     return out
 
