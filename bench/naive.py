@@ -61,7 +61,7 @@ class Naive:
         hashes = [await self.send(r.asset, APPROVE.encode(self.market.pool, UINT256_MAX))
                   for r in self.market.reserves]
         for h in hashes:
-            await self.rpc.wait_for_receipt(h, timeout=60, poll_interval=0.2)
+            await self.rpc.wait_for_receipt(h, timeout=600, poll_interval=0.2)
 
     async def pair(self, user: str) -> tuple[str, str] | None:
         best_coll, best_debt = (0, ""), (0, "")
