@@ -87,7 +87,10 @@ class Naive:
             _, debt, _, _, _, hf = GET_USER_ACCOUNT_DATA.decode(raw)
             if not debt or hf >= 10**18 or time.monotonic() - self.sent.get(user, -1e9) < RESEND_AFTER_S:
                 continue
-            pair = await self.pair(user)
+            try:
+                pair = await self.pair(user)
+            except ExecutionReverted:
+                continue  # the data provider panics on some accounts mid-liquidation; next sweep
             if pair is None:
                 continue
             data = LIQUIDATION_CALL.encode(pair[0], pair[1], user, UINT256_MAX, False)

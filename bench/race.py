@@ -252,4 +252,5 @@ if __name__ == "__main__":
                     help="reuse the in-process figures an earlier run printed (skips ~4 minutes at 10,000)")
     args = ap.parse_args()
     configure_logging(level="WARNING")
-    asyncio.run(main(args.sizes, args.shocks, args.profile, not args.no_race, saved_figures(args.figures_from)))
+    saved = saved_figures(args.figures_from)
+    asyncio.run(main(args.sizes, args.shocks, args.profile, not args.no_race, saved))
