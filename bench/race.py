@@ -79,8 +79,8 @@ class Race:
                 raise TimeoutError(f"block {n} not reached")
             await asyncio.sleep(0.1)
 
-    async def shock(self, clock: HeadClock, keeper: KeeperProcess, proxies: dict[str, RpcProxy],
-                    symbol: str, pct: float) -> dict[str, Any]:
+    async def shock(self, clock: HeadClock, proxies: dict[str, RpcProxy], symbol: str,
+                    pct: float) -> dict[str, Any]:
         d = self.dn.deployment
         before = await self.liquidatable(await self.rpc.block_number())
         old = await get_price(self.rpc, d, symbol)
@@ -99,14 +99,10 @@ class Race:
                 "naive" if e["liquidator"] == NAIVE_ADDRESS.lower() else e["liquidator"]
             first.setdefault(e["user"], (e["block"] - block, who))
         newly = (set(first) | left) - before
-        t_block = clock.seen.get(block)
-        # The first broadcast for one of this shock's borrowers (a backlog from an earlier
-        # shock is not this shock's send).
-        sends = [t for t, _, who in keeper.sends() if t > t_submit and who in newly]
         return {
             "asset": symbol, "pct": pct, "block": block, "newly_liquidatable": len(newly),
             "first_liquidation": {u: first.get(u) for u in newly},
-            "shock_to_send_ms": (1e3 * (sends[0] - t_block)) if sends and t_block else None,
+            "t_submit": t_submit, "t_block": clock.seen.get(block), "shock_to_send_ms": None,
             "requests_per_block": {k: (counts1[k] - counts0[k]) / WINDOW for k in proxies},
         }
 
@@ -183,11 +179,12 @@ async def run_size(n: int, shocks: int, profile: bool = False, crash_blocks: int
                 out |= await steady(race, {"keeper": kp, "naive": np_})
                 out["shock_runs"] = []
                 for symbol, pct in shock_plan(shocks):
-                    r = await race.shock(clock, keeper, {"keeper": kp, "naive": np_}, symbol, pct)
+                    r = await race.shock(clock, {"keeper": kp, "naive": np_}, symbol, pct)
                     out["shock_runs"].append(r)
-                    print(f"[{n}] shock {symbol} {pct}%: {r['newly_liquidatable']} newly liquidatable, "
-                          f"shock-to-send {r['shock_to_send_ms']} ms", flush=True)
+                    print(f"[{n}] shock {symbol} {pct}%: {r['newly_liquidatable']} newly liquidatable",
+                          flush=True)
                 await naive.stop()
+                shock_to_send(out["shock_runs"], keeper.sends())
                 out["cycle"] = cycle_stats(await keeper.metrics_text())
                 rss = [None if profile else keeper.peak_rss_mb()]
                 await keeper.stop()
@@ -205,6 +202,17 @@ async def run_size(n: int, shocks: int, profile: bool = False, crash_blocks: int
     finally:
         await dn.close()
     return out
+
+
+def shock_to_send(runs: list[dict[str, Any]], sends: list[tuple[float, str, str]]) -> None:
+    """From each shock's block (first seen on the socket) to the keeper's first broadcast for one of
+    that shock's borrowers, whenever it came (after the watch window too); a backlog from an
+    earlier shock is not this shock's send."""
+    for r in runs:
+        newly = set(r["first_liquidation"])
+        first = next((t for t, _, who in sends if t > r["t_submit"] and who in newly), None)
+        if first is not None and r["t_block"] is not None:
+            r["shock_to_send_ms"] = 1e3 * (first - r["t_block"])
 
 
 def _requests(proxy: RpcProxy) -> int:
