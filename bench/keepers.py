@@ -122,8 +122,9 @@ class KeeperProcess(_Process):
             await asyncio.sleep(0.5)
         return time.perf_counter() - t0
 
-    def sends(self, events: tuple[str, ...] = ("exec.sent",)) -> list[tuple[float, str, str]]:
-        """(wall-clock time, tx hash, borrower) of each broadcast the keeper logged, in order."""
+    def sends(self, events: tuple[str, ...] = ("exec.sent",)) -> list[tuple[float, str, str, int]]:
+        """(wall-clock time, tx hash, borrower, block decided at) of each broadcast the keeper
+        logged, in order."""
         out = []
         for line in self.log_path.read_text(errors="replace").splitlines():
             if '"exec.' not in line:
@@ -132,7 +133,8 @@ class KeeperProcess(_Process):
                 e = json.loads(line)
                 if e.get("event") in events and e.get("tx"):
                     when = datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
-                    out.append((when, e["tx"], str(e.get("borrower", "")).lower()))
+                    who, at = str(e.get("borrower", "")).lower(), int(e.get("decided_at") or 0)
+                    out.append((when, e["tx"], who, at))
         return out
 
     def _pid(self) -> int:

@@ -126,7 +126,7 @@ class Race:
         mine = KEEPER_ADDRESS.lower()
         ours = [e for e in events if e["liquidator"] == mine]
         kinds = ("exec.sent", "exec.replaced", "exec.cancel_sent")
-        sent = [h for t, h, _ in keeper.sends(kinds) if t > t_submit]
+        sent = [h for t, h, _, _ in keeper.sends(kinds) if t > t_submit]
         receipts = [await self.rpc.get_transaction_receipt(h) for h in sent]
         mined = [r for r in receipts if r is not None and int(r["blockNumber"], 16) > block]
         return {
@@ -204,13 +204,13 @@ async def run_size(n: int, shocks: int, profile: bool = False, crash_blocks: int
     return out
 
 
-def shock_to_send(runs: list[dict[str, Any]], sends: list[tuple[float, str, str]]) -> None:
-    """From each shock's block (first seen on the socket) to the keeper's first broadcast for one of
-    that shock's borrowers, whenever it came (after the watch window too); a backlog from an
-    earlier shock is not this shock's send."""
+def shock_to_send(runs: list[dict[str, Any]], sends: list[tuple[float, str, str, int]]) -> None:
+    """From each shock's block (first seen on the socket) to the keeper's first broadcast decided
+    on a view at or after that block for one of that shock's borrowers, whenever it came (after the
+    watch window too); a backlog from an earlier shock is not this shock's send."""
     for r in runs:
         newly = set(r["first_liquidation"])
-        first = next((t for t, _, who in sends if t > r["t_submit"] and who in newly), None)
+        first = next((t for t, _, who, at in sends if at >= r["block"] and who in newly), None)
         if first is not None and r["t_block"] is not None:
             r["shock_to_send_ms"] = 1e3 * (first - r["t_block"])
 
