@@ -75,7 +75,9 @@ class _Process:
         try:
             await asyncio.wait_for(self.proc.wait(), 20)
         except TimeoutError:
-            self.proc.kill()
+            # Its whole process group: a keeper killed mid-cycle would leave its fork Anvil behind.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()
 
 
@@ -115,7 +117,8 @@ class KeeperProcess(_Process):
         t0 = time.perf_counter()
         log = self.log_path.open("wb")
         self.proc = await asyncio.create_subprocess_exec(*argv, env=self.env(), cwd=self.tmp, stdout=log,
-                                                         stderr=asyncio.subprocess.STDOUT)
+                                                         stderr=asyncio.subprocess.STDOUT,
+                                                         start_new_session=True)
         while "cycle.done" not in self.log_path.read_text(errors="replace"):
             if self.proc.returncode is not None or time.perf_counter() - t0 > limit_s:
                 raise RuntimeError(f"keeper did not start: {self.log_path.read_text()[-3000:]}")
@@ -183,7 +186,8 @@ class NaiveProcess(_Process):
         d = self.dn.deployment
         self.proc = await asyncio.create_subprocess_exec(
             str(VENV_BIN / "python"), str(ROOT / "bench" / "naive.py"), self.proxy.url,
-            d.pool_addresses_provider, self.key, str(d.start_block), stdout=asyncio.subprocess.PIPE)
+            d.pool_addresses_provider, self.key, str(d.start_block), stdout=asyncio.subprocess.PIPE,
+            start_new_session=True)
         assert self.proc.stdout is not None
         line = await asyncio.wait_for(self.proc.stdout.readline(), limit_s)
         if not line.startswith(b"ready"):
