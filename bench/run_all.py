@@ -17,6 +17,9 @@ SMOKE = (
     ["latency.py", "1000"],
     ["mirror_recompute.py", "--borrowers", "1000"],
     ["race.py", "1000"],
+    ["routes.py", "usdc_hub"],
+    ["routes.py", "default"],
+    ["oracle_poll.py", "--borrowers", "1000"],
     ["plot.py"],
 )
 FULL = (
@@ -24,6 +27,9 @@ FULL = (
     ["latency.py", "10000"],
     ["mirror_recompute.py", "--borrowers", "10000"],
     ["race.py", "1000", "10000", "100000"],
+    ["routes.py", "usdc_hub"],
+    ["routes.py", "default"],
+    ["oracle_poll.py", "--borrowers", "2000"],
     ["plot.py"],
 )
 

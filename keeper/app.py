@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from keeper.chain.heads import HeadWatcher
-from keeper.chain.rpc import RpcClient
+from keeper.chain.rpc import RpcClient, RpcObserver
 from keeper.config import Settings
 from keeper.errors import TRANSIENT_ERRORS, ConfigError, RpcError
 from keeper.exec.executor import check_executor
@@ -25,6 +25,8 @@ from keeper.exec.sender import Sender, SendPolicy
 from keeper.exec.signer import Signer
 from keeper.health.mirror_sync import MirrorSyncError
 from keeper.health.tracker import HealthTracker
+from keeper.health_http import HealthState
+from keeper.health_http import routes as health_routes
 from keeper.index.indexer import BorrowerIndex, ChainMoved
 from keeper.index.store import Store
 from keeper.log import get_logger, redact_url
@@ -47,12 +49,13 @@ log = get_logger(__name__)
 SHUTDOWN_STEP_TIMEOUT_S = 10.0
 
 
-async def connect(settings: Settings, metrics: Metrics) -> tuple[RpcClient, int]:
+async def connect(settings: Settings, metrics: Metrics,
+                  observer: RpcObserver | None = None) -> tuple[RpcClient, int]:
     """Open the RPC and check it answers (and is the expected chain) before anything else."""
     settings.require("rpc_url", "pool_addresses_provider")
     rpc = RpcClient(settings.rpc_endpoints(), timeout_s=settings.rpc_timeout_s,
                     max_retries=settings.rpc_max_retries, read_deadline_s=settings.rpc_read_deadline_s,
-                    send_deadline_s=settings.rpc_send_deadline_s, on_request=metrics.observe_rpc,
+                    send_deadline_s=settings.rpc_send_deadline_s, on_request=observer or metrics.observe_rpc,
                     on_event=metrics.count_rpc_event, on_health=metrics.observe_endpoint)
     await rpc.start()
     try:
@@ -74,6 +77,8 @@ class App:
         self.stop_event = asyncio.Event()
         self.reports: list[CycleReport] = []
         self.sender: Sender | None = None  # set by run() unless dry run
+        self.health = HealthState(settings.health_max_head_age_s)  # /healthz and /readyz
+        self.health.stopping = self.stop_event.is_set
 
     def request_stop(self) -> None:
         self.stop_event.set()
@@ -82,18 +87,29 @@ class App:
                   install_signals: bool = True) -> list[CycleReport]:
         """Run until a signal, `request_stop()`, or `until(report)` says so."""
         s = self.settings
-        rpc, chain_id = await connect(s, self.metrics)
+        rpc, chain_id = await connect(s, self.metrics, self.health.rpc_observer(self.metrics.observe_rpc))
+        runner = None
         try:
-            market = await discover_market(rpc, s.pool_addresses_provider)
+            if s.metrics_port:  # up before the backfill, so /readyz can say it is not done
+                runner = await serve(self.metrics, s.metrics_host, s.metrics_port,
+                                     routes=health_routes(self.health))
+            market = await discover_market(rpc, s.pool_addresses_provider,
+                                           revision_override=s.pool_revision_override)
             signer = self._signer(chain_id)
             sender = self.sender = None if s.dry_run else self._sender(rpc, signer)
+            if sender is not None and sender.safety is not None:
+                breaker = sender.safety.breaker
+                self.health.breaker = lambda: breaker.reason if breaker.is_open() else None
             if sender is not None:
                 await check_gas_balance(rpc, s, signer.address, self.metrics)
-            if s.execution == "flashloan":
+            else:  # dry run: no floor to enforce, but keeper_wallet_balance_wei must not read 0
+                self.metrics.wallet_balance_wei.set(await rpc.get_balance(signer.address, "latest"))
+            if s.execution != "inventory":  # flashloan or auto
                 await check_flash_setup(rpc, s, market, signer.address)
-            elif sender is not None:
+            if s.execution != "flashloan" and sender is not None:
                 await approve_inventory(rpc, market, sender)
             log.info("app.start", chain_id=chain_id, pool=market.pool, reserves=len(market.reserves),
+                     pool_revision=market.rules.revision, rules=market.rules.name,
                      keeper=signer.address, dry_run=s.dry_run, execution=s.execution,
                      settings=s.redacted())
             # The fork reads the chain through the keeper's RpcClient (hedging, failover, retries).
@@ -102,6 +118,9 @@ class App:
                 stages = await self._build(rpc, market, store, simulator, signer.address, sender)
                 await self._supervise(stages, until, install_signals)
         finally:
+            if runner is not None:
+                with contextlib.suppress(Exception):
+                    await stop(runner, SHUTDOWN_STEP_TIMEOUT_S)
             if self.sender is not None:
                 if self.sender.registry.inflight:
                     log.warning("exec.pending_at_shutdown", attempts=len(self.sender.registry.inflight),
@@ -117,17 +136,23 @@ class App:
         s, m = self.settings, self.metrics
         index = BorrowerIndex(rpc, store, market.pool, start_block=s.start_block,
                               confirmations=s.index_confirmations, max_range=s.getlogs_max_range)
+        self.health.set_phase("backfill")
         started = await index.start()
         m.indexed_block.set(started.block)
         tracker = HealthTracker(rpc, market, source=s.health_source, batch_size=s.multicall_batch_size,
                                 gas_per_batch=s.multicall_gas, metrics=m,
                                 recheck_per_block=s.recheck_per_block)
+        self.health.set_phase("mirror bootstrap")
         await tracker.start(index.borrowers(), started.block)
+        self.health.mark_ready()
+        m.ready.set(1)
         watcher = HeadWatcher(rpc, ws_url=s.ws_url, stall_timeout_s=s.heads_stall_timeout_s,
                               poll_interval_s=s.poll_interval_s,
                               on_reconnect=lambda reason: m.reconnects.labels(reason=reason).inc())
         pipeline = Pipeline(rpc=rpc, market=market, settings=s, metrics=m, simulator=simulator,
                             keeper=keeper, sender=sender)
+        if pipeline.routes is not None and s.execution != "inventory":
+            await pipeline.routes.ensure(started.block)  # the pool graph, before the first head
         return _Stages(watcher, index, tracker, pipeline, started.block)
 
     def _signer(self, chain_id: int) -> Signer:
@@ -164,10 +189,6 @@ class App:
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.request_stop)
-        runner = None
-        if self.settings.metrics_port:
-            runner = await serve(self.metrics, self.settings.metrics_host, self.settings.metrics_port,
-                                 healthy=lambda: not self.stop_event.is_set())
         self.metrics.up.set(1)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -180,8 +201,6 @@ class App:
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
-            if runner is not None:
-                await stop(runner, SHUTDOWN_STEP_TIMEOUT_S)
             log.info("app.stopped", cycles=len(self.reports), skipped_heads=stages.watcher.slot.skipped)
 
     async def _until_stopped(self, forever: Coroutine[Any, Any, None]) -> None:
@@ -217,6 +236,7 @@ class App:
             if head is None:
                 continue
             self.metrics.head_block.set(head.number)
+            self.health.head_seen(head.number)
             try:
                 with self.metrics.cycle_seconds.time():
                     update = await st.index.advance(head)

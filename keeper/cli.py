@@ -1,4 +1,4 @@
-"""Command line: run, scan, demo, devnet (up/down/shock), executor.
+"""Command line: run, scan, status, heatmap, demo, devnet (up/down/shock), executor.
 
 Every command builds Settings once (env, .env, flags) and hands them down.
 Errors the operator can fix print one line and exit 2; no traceback.
@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     heatmap.add_argument("--step-bps", type=int, default=100, help="distance between levels, in bps")
     _settings_flags(heatmap)
 
+    status = sub.add_parser("status", help="a running keeper's state from its /metrics; exit 1 unhealthy, "
+                                           "3 unreachable")
+    status.add_argument("--url", help="the keeper's metrics server (default: KEEPER_METRICS_HOST:PORT)")
+    status.add_argument("--json", dest="as_json", action="store_true", help="JSON, not the screen")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds before giving up")
+    _settings_flags(status)
+
     demo = sub.add_parser("demo", help="devnet up, seed, shock, run the keeper until all are liquidated")
     demo.add_argument("--borrowers", type=int, default=200)
     demo.add_argument("--shock", nargs=2, metavar=("ASSET", "PCT"), default=("WETH", "-15"))
@@ -74,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--borrowers", type=int, default=200)
     up.add_argument("--seed", type=int, default=7)
     up.add_argument("--block-time", type=int, default=None, help="interval mining, whole seconds per block")
+    up.add_argument("--aave", choices=("3.6", "3.0"), default="3.6",
+                    help="market flavour: 3.6 (aave-v3-origin, default) or 3.0 (@aave/core-v3 1.19.3)")
+    up.add_argument("--oracle", choices=("devnet", "chainlink"), default="devnet",
+                    help="chainlink: Chainlink proxies over aggregators, one event-less CAPO-style adapter")
+    up.add_argument("--sequencer", action="store_true",
+                    help="with --oracle chainlink: an L2 PriceOracleSentinel on a sequencer-uptime feed")
     down = dsub.add_parser("down", help="stop the devnet on --port")
     down.add_argument("--port", type=int, default=8545)
     shock = dsub.add_parser("shock", help="move an asset's price by PCT percent, e.g. WETH -12.5")
@@ -105,6 +118,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return await commands.scan(settings, limit=args.limit, hf_below=args.hf_below)
     if args.command == "heatmap":
         return await commands.heatmap(settings, asset=args.asset, steps=args.steps, step_bps=args.step_bps)
+    if args.command == "status":
+        from keeper.status_cmd import status
+
+        return await status(settings, url=args.url, as_json=args.as_json, timeout_s=args.timeout)
     if args.command == "demo":
         return await commands.demo(settings, borrowers=args.borrowers, shock=args.shock,
                                    dry_run=args.dry_run, execution=args.execution, timeout_s=args.timeout)
@@ -113,7 +130,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "devnet":
         if args.devnet_command == "up":
             return await commands.devnet_up(settings, port=args.port, borrowers=args.borrowers,
-                                            seed=args.seed, block_time=args.block_time)
+                                            seed=args.seed, block_time=args.block_time, aave=args.aave,
+                                            oracle=args.oracle, sequencer=args.sequencer)
         if args.devnet_command == "down":
             return await commands.devnet_down(port=args.port)
         if args.devnet_command == "shock":

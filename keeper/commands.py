@@ -190,7 +190,9 @@ async def executor_deploy(settings: Settings) -> int:
 
 
 async def devnet_up(
-    settings: Settings, *, port: int, borrowers: int, seed: int, block_time: int | None
+    settings: Settings, *, port: int, borrowers: int, seed: int, block_time: int | None,
+    aave: str = "3.6",
+    oracle: str = "devnet", sequencer: bool = False,
 ) -> int:
     from keeper.devnet import state
     from keeper.devnet.stack import launch
@@ -207,6 +209,9 @@ async def devnet_up(
         seed=seed,
         port=port,
         block_time=block_time,
+        aave=aave,
+        oracle=oracle,
+        sequencer=sequencer,
         detach=True,
         anvil_binary=settings.anvil_path,
         log_path=state.STATE_DIR / f"{port}.log",

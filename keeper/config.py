@@ -61,17 +61,21 @@ class Settings(BaseSettings):
     # execution
     private_key: SecretStr | None = None
     dry_run: bool = False
-    execution: Literal["inventory", "flashloan"] = "inventory"
+    execution: Literal["inventory", "flashloan", "auto"] = "inventory"
     executor_address: str | None = None
     # flash-loan mode: Uniswap V3 SwapRouter and QuoterV2, and hub tokens for two-hop routes
     uniswap_router: str | None = None
     uniswap_quoter: str | None = None
-    swap_hubs: str = Field("", description="comma-separated hub token addresses; default: the native asset")
+    swap_hubs: str = Field("", description="comma-separated hub token addresses; overrides pool discovery")
+    swap_max_hops: int = Field(2, ge=1, le=3, description="longest route over the discovered pools")
+    pool_refresh_blocks: int = Field(300, ge=1, description="re-read the Uniswap pool graph this often")
     swap_slippage_bps: int = Field(50, ge=0, le=5_000)
     flash_margin_bps: int = Field(10, ge=0, le=1_000)
     min_profit_usd: Decimal = Field(Decimal(1), ge=0)
     # the reserve whose oracle price prices gas; default: the market's WETH/WMATIC/... reserve
     native_asset: str | None = None
+    pool_revision_override: int | None = Field(
+        None, ge=0, description="use instead of POOL_REVISION() to choose the rules; unknown: fork sizing")
     max_fee_gwei: Decimal = Field(Decimal(500), gt=0)
 
     # sending: fees, replacement, private submission (keeper/exec)
@@ -117,6 +121,7 @@ class Settings(BaseSettings):
     db_path: Path = Path("keeper.db")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9108, ge=0, le=65535, description="0 disables /metrics")
+    health_max_head_age_s: float = Field(120.0, gt=0, description="/healthz 503 after no new head this long")
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 

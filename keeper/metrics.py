@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -32,6 +32,10 @@ _METHOD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 LIQUIDATION_OUTCOMES = ("sent", "included", "reverted", "cancelled", "expired", "dropped", "dry_run")
 CANCEL_REASONS = ("lost", "gone", "timeout")
 SIM_RESULTS = ("profitable", "unprofitable", "reverted", "error")
+# keeper/chain/heads.py's reasons; the skip reasons an operator watches most (others appear when used).
+RECONNECT_REASONS = ("stall", "closed", "error", "connect_failed", "subscribe_failed")
+SKIP_REASONS = ("unprofitable", "sim_unprofitable", "sim_reverted", "sim_error", "paused", "breaker_open",
+                "gas_balance_low")
 
 
 class Metrics:
@@ -40,9 +44,15 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry()
         self.up = Gauge("keeper_up", "1 while the keeper loop runs", registry=r)
+        self.ready = Gauge(
+            "keeper_ready", "1 once the backfill and the mirror bootstrap are done (/readyz)", registry=r
+        )
         self.build = Info("keeper_build", "Keeper version", registry=r)
         self.head_block = Gauge("keeper_head_block", "Latest block seen", registry=r)
         self.indexed_block = Gauge("keeper_indexed_block", "Last block indexed", registry=r)
+        self.head_lag_blocks = Gauge(
+            "keeper_head_lag_blocks", "Newest head seen minus the block the last cycle processed", registry=r
+        )
         self.borrowers_tracked = Gauge(
             "keeper_borrowers_tracked", "Borrowers with debt being watched", registry=r
         )
@@ -51,6 +61,14 @@ class Metrics:
         )
         self.mirror_drift = Gauge(
             "keeper_mirror_drift", "Borrowers whose local HF disagreed with chain", registry=r
+        )
+        self.polled_reserves = Gauge(
+            "keeper_polled_reserves", "Reserves whose price source emits no event: read every block",
+            registry=r,
+        )
+        self.liquidation_allowed = Gauge(
+            "keeper_liquidation_allowed", "0 while the pool's PriceOracleSentinel holds liquidations back",
+            registry=r,
         )
         self.wallet_balance_wei = Gauge(
             "keeper_wallet_balance_wei", "Native balance of the keeper account", registry=r
@@ -69,6 +87,10 @@ class Metrics:
         )
         self.skipped = Counter(
             "keeper_skipped", "Opportunities not sent, by reason", ["reason"], registry=r
+        )
+        self.no_route = Counter(
+            "keeper_no_route", "Liquidations whose collateral had no swap route, by collateral/debt pair",
+            ["pair"], registry=r,
         )
         self.profit_usd = Counter("keeper_profit_usd", "Realised net profit in USD", registry=r)
         self.gas_spent_wei = Counter(
@@ -89,7 +111,7 @@ class Metrics:
             "keeper_rpc_endpoint_latency_seconds", "Latency EWMA of an RPC endpoint", ["endpoint"], registry=r
         )
         self.rpc_endpoint_up = Gauge(
-            "keeper_rpc_endpoint_up", "0 while an RPC endpoint cools off after failures", ["endpoint"],
+            "keeper_rpc_endpoint_up", "0 while an RPC endpoint's last requests all failed", ["endpoint"],
             registry=r,
         )
         self.rpc_events = Counter(
@@ -130,9 +152,6 @@ class Metrics:
             "keeper_breaker_open", "Circuit breaker: 0 closed, 0.5 half-open (one send allowed), 1 open",
             registry=r,
         )
-        self.head_lag_blocks = Gauge(
-            "keeper_head_lag_blocks", "Newest head seen minus the block the last cycle processed", registry=r
-        )
         self.breaker_trips = Counter(
             "keeper_breaker_trips", "Times the circuit breaker halted sending", registry=r
         )
@@ -143,6 +162,10 @@ class Metrics:
             self.liquidations.labels(outcome=outcome)
         for result in SIM_RESULTS:
             self.simulations.labels(result=result)
+        for reason in RECONNECT_REASONS:
+            self.reconnects.labels(reason=reason)
+        for reason in SKIP_REASONS:
+            self.skipped.labels(reason=reason)
 
     def observe_rpc(self, method: str, seconds: float, outcome: str) -> None:
         """RpcClient observer: `RpcClient(url, on_request=metrics.observe_rpc)`."""
@@ -154,7 +177,7 @@ class Metrics:
         """RpcClient health hook: `on_health=metrics.observe_endpoint` (an Endpoint)."""
         self.rpc_endpoint_errors.labels(endpoint=ep.label).set(ep.consecutive_errors)
         self.rpc_endpoint_latency.labels(endpoint=ep.label).set(ep.latency_ewma_s)
-        self.rpc_endpoint_up.labels(endpoint=ep.label).set(0 if ep.cooling() else 1)
+        self.rpc_endpoint_up.labels(endpoint=ep.label).set(0 if ep.down else 1)
 
     def count_rpc_event(self, event: str, endpoint: str) -> None:
         """RpcClient event hook: `on_event=metrics.count_rpc_event`."""
@@ -178,11 +201,13 @@ async def serve(
     port: int,
     *,
     healthy: Callable[[], bool] | None = None,
+    routes: Sequence[web.RouteDef] = (),
 ) -> web.AppRunner:
     """Serve /metrics and /healthz; returns the runner for `stop(runner)`.
 
     `port=0` binds a free port (see `bound_port`). `/healthz` is 200 unless `healthy()`
-    returns False (then 503), so an orchestrator can restart a stuck keeper.
+    returns False (then 503), so an orchestrator can restart a stuck keeper. `routes` are served
+    beside them and win over the plain `/healthz` (keeper/health_http.py: /healthz and /readyz).
     """
 
     async def metrics_handler(_: web.Request) -> web.Response:
@@ -194,7 +219,9 @@ async def serve(
 
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/healthz", health_handler)
+    if not any(r.path == "/healthz" for r in routes):
+        app.router.add_get("/healthz", health_handler)
+    app.router.add_routes(routes)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     try:

@@ -32,6 +32,36 @@ class Reserve:
     paused: bool
     price_source: Address | None = None  # Chainlink-style feed behind the oracle
     reserve_id: int = -1  # the pool's id: its bit pair in UserConfiguration and eMode bitmaps
+    stable_debt_token: Address | None = None  # v3.0-v3.1 markets: the reserve's StableDebtToken
+    emode_category: int = 0  # v3.0-v3.1: the one eMode category the asset belongs to (config bits 168-175)
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Which pool rules apply, read at start from POOL_REVISION and the pool's tell-tales (protocol/rules.py).
+
+    `sizing`: "v3.3" (close factor on total debt with the $2,000 floor, $1,000 dust rule, deficit),
+    "v3.0" (50% of the reserve's debt per call, 100% below HF 0.95, no dust rule, no deficit), or
+    "simulate" (an unknown revision: debtToCover is searched on the fork, nothing is assumed).
+    """
+
+    revision: int
+    sizing: str = "v3.3"
+    # "v3.2": getEModeCategoryCollateralConfig + bitmaps; "v3.0": getEModeCategoryData
+    emode_getters: str = "v3.2"
+    stable_debt: bool = False  # stable-rate debt counts toward health (v3.0-v3.1)
+
+    @property
+    def name(self) -> str:
+        if self.sizing == "simulate":
+            return "unknown-revision:simulate"
+        stable = "+stable-debt" if self.stable_debt else ""
+        return f"sizing-{self.sizing}+emode-{self.emode_getters}{stable}"
+
+    @property
+    def legacy_math(self) -> bool:
+        """The v3.0-v3.2 GenericLogic roundings (half-up balances, floored debt value, percentMul HF)."""
+        return self.emode_getters == "v3.0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +76,7 @@ class Market:
     reserves: tuple[Reserve, ...]
     base_currency_unit: int  # 1e8 for USD-based markets
     flash_loan_premium_bps: int
+    rules: Rules = Rules(revision=0)
 
     def reserve(self, asset: Address) -> Reserve:
         for r in self.reserves:

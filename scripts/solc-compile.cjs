@@ -5,7 +5,6 @@
 // Source unit names resolve against the project root first, then node_modules/.
 const fs = require("fs");
 const path = require("path");
-const solc = require("solc");
 
 const root = path.resolve(__dirname, "..");
 const [jobPath, outPath] = process.argv.slice(2);
@@ -14,6 +13,8 @@ if (!jobPath || !outPath) {
   process.exit(2);
 }
 const job = JSON.parse(fs.readFileSync(jobPath, "utf8"));
+// A job may name another pinned solc-js (an npm alias such as "solc-0.6.6") for older pragmas.
+const solc = require(job.compiler || "solc");
 
 function locate(unit) {
   for (const base of [root, path.join(root, "node_modules")]) {

@@ -40,6 +40,7 @@ class Endpoint:
     consecutive_errors: int = 0
     latency_ewma_s: float = 0.0
     cool_until: float = 0.0  # monotonic time
+    down: bool = False  # its last `errors_to_cool` requests failed (until one succeeds)
     requests: int = 0
     failures: int = 0
 
@@ -98,6 +99,7 @@ class EndpointPool:
         ep.requests += 1
         ep.consecutive_errors = 0
         ep.cool_until = 0.0
+        ep.down = False
         self.sample(ep, seconds)
 
     def sample(self, ep: Endpoint, seconds: float) -> None:
@@ -111,6 +113,7 @@ class EndpointPool:
         ep.failures += 1
         ep.consecutive_errors += 1
         over = ep.consecutive_errors - self._errors_to_cool
+        ep.down = over >= 0
         if over >= 0 and len(self.endpoints) > 1:
             # Cooling only matters when there is somewhere else to go.
             ep.cool_until = time.monotonic() + min(self._max_cooloff_s, self._cooloff_s * 2 ** min(over, 6))

@@ -33,7 +33,14 @@ from keeper.chain import endpoints as transport
 from keeper.chain.broadcast import broadcast_raw
 from keeper.chain.endpoints import Endpoint, EndpointPool
 from keeper.chain.eth_methods import EthMethods, _hex_data, call_params
-from keeper.chain.rpc_errors import _OUTCOMES, SEND_METHODS, classify_error, outcome_of  # noqa: F401
+from keeper.chain.hedging import first_answer, latency_key
+from keeper.chain.rpc_errors import (  # noqa: F401 (_OUTCOMES: re-exported)
+    _OUTCOMES,
+    SEND_METHODS,
+    classify_error,
+    outcome_of,
+    transient_in,
+)
 from keeper.errors import TRANSIENT_ERRORS, RpcError
 from keeper.log import get_logger, redact_url
 
@@ -175,7 +182,7 @@ class RpcClient(EthMethods):
         tried.append(first)
         if not hedge or self.read_deadline_s is None:
             return await self._attempt(first, payload, method, timeout)
-        key = _latency_key(payload)
+        key = latency_key(payload)
         hedge_after = max(self.read_deadline_s, _HEDGE_LATENCY_FACTOR * self._latency.get(key, 0.0))
         if hedge_after >= timeout:
             return await self._attempt(first, payload, method, timeout)
@@ -188,7 +195,7 @@ class RpcClient(EthMethods):
                 self._event("hedged", second.label)
                 log.debug("rpc.hedged", method=method, after_s=round(hedge_after, 3), endpoint=second.name)
                 tasks.append(asyncio.create_task(self._attempt(second, payload, method, timeout, key)))
-            return await _first_answer(tasks)
+            return await first_answer(tasks)
         finally:
             for t in tasks:
                 t.cancel()
@@ -203,7 +210,7 @@ class RpcClient(EthMethods):
         t0 = time.monotonic()
         try:
             body = await transport.post(self._session, ep, payload, method, timeout_s)
-            err = _transient_in(body, method)
+            err = transient_in(body, method)
             if err is not None and not isinstance(body, list):
                 raise err
         except TRANSIENT_ERRORS:
@@ -228,6 +235,8 @@ class RpcClient(EthMethods):
         method = "eth_sendRawTransaction"
 
         async def send_one(ep: Endpoint) -> str:
+            # Never hedged: a second copy answered "nonce too low" because the first copy was
+            # already mined would read as "nothing went out" and the liquidation be signed twice.
             t0 = time.monotonic()
             payload = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": [raw_hex]}
             try:
@@ -398,44 +407,3 @@ class RpcClient(EthMethods):
             self._on_request(method, seconds, outcome)
         except Exception:  # a broken metrics hook must never break RPC
             log.exception("rpc.observer_failed", method=method)
-
-
-async def _first_answer(tasks: list[asyncio.Task[Any]]) -> Any:
-    """The first task to answer, or to fail for good; a transient failure waits for the others."""
-    pending = set(tasks)
-    last: BaseException | None = None
-    while pending:
-        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            exc = t.exception()
-            if exc is None:
-                return t.result()
-            if not isinstance(exc, TRANSIENT_ERRORS):
-                raise exc
-            last = exc
-    assert last is not None
-    raise last
-
-
-def _latency_key(payload: Any) -> str:
-    if isinstance(payload, list):
-        return f"batch:{payload[0].get('method') if payload else ''}:{len(payload)}"
-    return str(payload.get("method"))
-
-
-def _transient_in(body: Any, method: str) -> RpcError | None:
-    """A transient error answered for the whole request (a single call, or every batch item)."""
-    items = body if isinstance(body, list) else [body]
-    errs = [it.get("error") for it in items if isinstance(it, dict)]
-    if not items or len(errs) != len(items) or not all(isinstance(e, dict) for e in errs):
-        return None
-    e0 = errs[0]
-    err = classify_error(method, code=e0.get("code"), message=str(e0.get("message", "")), data=e0.get("data"))
-    if not isinstance(err, TRANSIENT_ERRORS):
-        return None
-    if isinstance(body, list):  # every item must be transient too, else the batch answer stands
-        for e in errs[1:]:
-            c = classify_error(method, code=e.get("code"), message=str(e.get("message", "")))
-            if not isinstance(c, TRANSIENT_ERRORS):
-                return None
-    return err

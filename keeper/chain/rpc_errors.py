@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from keeper.errors import (
+    TRANSIENT_ERRORS,
     ExecutionReverted,
     NonceTooLow,
     RpcError,
@@ -21,7 +22,7 @@ from keeper.errors import (
     TxUnderpriced,
 )
 
-__all__ = ["SEND_METHODS", "classify_error", "outcome_of"]
+__all__ = ["SEND_METHODS", "classify_error", "outcome_of", "transient_in"]
 
 SEND_METHODS = frozenset(
     {
@@ -135,3 +136,21 @@ def outcome_of(result: Any) -> str:
         if isinstance(result, cls):
             return name
     return "error"
+
+
+def transient_in(body: Any, method: str) -> RpcError | None:
+    """A transient error answered for the whole request (a single call, or every batch item)."""
+    items = body if isinstance(body, list) else [body]
+    errs = [it.get("error") for it in items if isinstance(it, dict)]
+    if not items or len(errs) != len(items) or not all(isinstance(e, dict) for e in errs):
+        return None
+    e0 = errs[0]
+    err = classify_error(method, code=e0.get("code"), message=str(e0.get("message", "")), data=e0.get("data"))
+    if not isinstance(err, TRANSIENT_ERRORS):
+        return None
+    if isinstance(body, list):  # every item must be transient too, else the batch answer stands
+        for e in errs[1:]:
+            c = classify_error(method, code=e.get("code"), message=str(e.get("message", "")))
+            if not isinstance(c, TRANSIENT_ERRORS):
+                return None
+    return err

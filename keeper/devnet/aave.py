@@ -8,7 +8,7 @@ batch, reads its report, links libraries and hands reports to the next batch.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from eth_utils import to_checksum_address
 
@@ -78,6 +78,9 @@ class Deployment:
     feeds: dict[str, str]  # symbol -> DevnetPriceFeed
     start_block: int
     deploy_block: int
+    aave_version: str = "3.6"  # devnet flavour: "3.6" (aave-v3-origin) or "3.0" (@aave/core-v3 1.19.3)
+    stable_debt_tokens: dict[str, str] = field(default_factory=dict)  # symbol -> StableDebtToken (3.0)
+    chainlink: dict | None = None  # `--oracle chainlink`: keeper/devnet/chainlink.py's ChainlinkOracle
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -119,10 +119,14 @@ def _locate(unit: str) -> Path:
     raise BuildError(f"source not found: {unit}")
 
 
-async def compile_job(name: str, sources: list[str], settings: dict, *, timeout_s: float = 600) -> Build:
-    """Compile `sources` (unit paths under the repo or node_modules) once and cache the result."""
+async def compile_job(name: str, sources: list[str], settings: dict, *, timeout_s: float = 600,
+                      compiler: str | None = None) -> Build:
+    """Compile `sources` (unit paths under the repo or node_modules) once and cache the result.
+    `compiler` names another pinned solc-js package (an npm alias) for sources with older pragmas."""
     _require_node_modules()
-    job = {"sources": sorted(sources), "settings": settings}
+    job: dict = {"sources": sorted(sources), "settings": settings}
+    if compiler:
+        job["compiler"] = compiler
     out = CACHE_DIR / f"{name}-{_job_key(job)}.json"
     if not out.exists():
         CACHE_DIR.mkdir(parents=True, exist_ok=True)

@@ -53,13 +53,14 @@ class BorrowerPlan:
     collateral: dict[str, int]  # symbol -> token units supplied
     debt: dict[str, int]  # symbol -> token units borrowed
     target_hf_bps: int  # health factor planned at the quoted prices, 10_000 = 1.0
+    stable: tuple[str, ...] = ()  # debt symbols borrowed at the stable rate (v3.0 markets only)
 
     def collateral_usd(self, prices_e8: dict[str, int]) -> int:
         return sum(_value_e8(s, a, prices_e8) for s, a in self.collateral.items()) // 10**8
 
     def to_json(self) -> dict:
         return {"address": self.address, "collateral": self.collateral, "debt": self.debt,
-                "target_hf_bps": self.target_hf_bps}
+                "target_hf_bps": self.target_hf_bps, "stable": list(self.stable)}
 
 
 def _value_e8(symbol: str, amount: int, prices_e8: dict[str, int]) -> int:
@@ -216,7 +217,8 @@ class Seeder:
             group = []
             for sym, amount in plan.debt.items():
                 data = SEL_BORROW + encode(["address", "uint256", "uint256", "uint16", "address"],
-                                           [d.assets[sym], amount, 2, 0, plan.address])
+                                           [d.assets[sym], amount, 1 if sym in plan.stable else 2,
+                                            0, plan.address])
                 group.append(("eth_sendTransaction", [_tx(plan.address, d.pool, data, nonce, 800_000)]))
                 nonce += 1
             calls.append(group)
@@ -254,6 +256,10 @@ class Seeder:
 async def set_price(rpc: RpcClient, deployment: Deployment, symbol: str, price_e8: int,
                     *, sender: str | None = None) -> str:
     """Move a devnet feed; the feed emits AnswerUpdated like a Chainlink aggregator."""
+    if deployment.chainlink is not None:  # `--oracle chainlink`: through the aggregator or CAPO ratio
+        from keeper.devnet.chainlink import set_price as chainlink_set_price
+
+        return await chainlink_set_price(rpc, deployment, symbol, price_e8)
     data = SEL_SET_ANSWER + encode(["int256"], [price_e8])
     receipt = await send_as(rpc, sender or deployment.deployer, deployment.feeds[symbol], data, gas=200_000,
                             what=f"setAnswer on the {symbol} feed")

@@ -10,10 +10,12 @@ from eth_abi import encode
 
 from keeper.chain.rpc import RpcClient
 from keeper.devnet.aave import ASSETS, Deployment, deploy_market
+from keeper.devnet.aave30 import deploy_market_v30, with_stable_debt
 from keeper.devnet.anvil import Anvil, AnvilOptions
 from keeper.devnet.chain import DevChain, send_as
+from keeper.devnet.chainlink import deploy_chainlink_oracle
 from keeper.devnet.seed import SEL_DEPOSIT, SEL_MINT, BorrowerPlan, Seeder, plan_borrowers
-from keeper.devnet.uniswap import UniswapDeployment, deploy_uniswap
+from keeper.devnet.uniswap import LAYOUTS, UniswapDeployment, deploy_uniswap
 from keeper.exec.executor import deploy_executor
 from keeper.log import get_logger
 
@@ -69,12 +71,21 @@ async def launch(
     fund_keeper_usd: int = 5_000_000,
     anvil_binary: Path | None = None,
     dex_depth_usd: int = 10_000_000,
+    aave: str = "3.6",
+    uniswap_layout: str = "default",
+    oracle: str = "devnet",
+    sequencer: bool = False,
 ) -> Devnet:
     """Start Anvil, deploy the market, seed borrowers and fund the keeper's inventory.
 
     With `block_time`, blocks are mined on an interval like a real chain's; set-up
-    still runs on automine so it finishes in seconds.
+    still runs on automine so it finishes in seconds. `uniswap_layout` picks the pools
+    (keeper.devnet.uniswap.LAYOUTS: "default", or "usdc_hub" with only USDC pairs and WETH/DAI).
+    `oracle="chainlink"` prices the market through
+    Chainlink proxies, aggregators and a CAPO-style adapter (keeper/devnet/chainlink.py); `sequencer`
+    adds an L2 PriceOracleSentinel on a sequencer-uptime feed.
     """
+    pools = LAYOUTS[uniswap_layout]
     anvil = Anvil(AnvilOptions(port=port), binary=anvil_binary, detach=detach, log_path=log_path)
     await anvil.start()
     rpc = RpcClient(anvil.url, timeout_s=120, max_batch=500)
@@ -83,16 +94,20 @@ async def launch(
         timings: dict[str, float] = {}
         chain = DevChain(anvil.url)
         t0 = time.monotonic()
-        deployment = await deploy_market(chain)
+        deployment = await (deploy_market_v30 if aave == "3.0" else deploy_market)(chain)
+        if oracle == "chainlink":
+            deployment = await deploy_chainlink_oracle(chain, rpc, deployment, sequencer=sequencer)
         await chain.close()
         timings["deploy_s"] = time.monotonic() - t0
         plans = plan_borrowers(borrowers, seed=seed)
+        if aave == "3.0":
+            plans = with_stable_debt(plans)
         t0 = time.monotonic()
         await Seeder(rpc, deployment).seed(plans)
         timings["seeding_s"] = time.monotonic() - t0
         await fund_inventory(rpc, deployment, KEEPER_ADDRESS, fund_keeper_usd)
         t0 = time.monotonic()
-        uniswap = await deploy_uniswap(rpc, deployment, depth_usd=dex_depth_usd)
+        uniswap = await deploy_uniswap(rpc, deployment, depth_usd=dex_depth_usd, pools=pools)
         executor = await deploy_executor(
             rpc, KEEPER_DEV_KEY, deployment.pool_addresses_provider, uniswap.router, poll_interval=0.02
         )

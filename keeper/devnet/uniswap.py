@@ -95,6 +95,17 @@ DEFAULT_POOLS: tuple[PoolSpec, ...] = (
     PoolSpec("LINK", "USDC", 10000, 3_000),
 )
 
+# The common mainnet shape with USDC at the centre: every asset against USDC, plus WETH/DAI.
+# WBTC/WETH, LINK/DAI and the like have no pool: they trade in two hops (through USDC or WETH).
+USDC_HUB_POOLS: tuple[PoolSpec, ...] = (
+    PoolSpec("WETH", "USDC", 500),
+    PoolSpec("WBTC", "USDC", 3000),
+    PoolSpec("LINK", "USDC", 3000),
+    PoolSpec("DAI", "USDC", 100),
+    PoolSpec("WETH", "DAI", 3000, 5_000),
+)
+LAYOUTS: dict[str, tuple[PoolSpec, ...]] = {"default": DEFAULT_POOLS, "usdc_hub": USDC_HUB_POOLS}
+
 
 @dataclass(frozen=True, slots=True)
 class UniswapPool:
@@ -194,21 +205,34 @@ async def _deploy(rpc: RpcClient, d: Deployment, depth_usd: int,
     router = await tx.deploy("SwapRouter", factory, weth)
     quoter = await tx.deploy("QuoterV2", factory, weth)
     npm = await tx.deploy("NonfungiblePositionManager", factory, weth, ZERO)  # no NFT metadata
+    created = await _seed_pools(rpc, tx, d, factory, npm, specs, depth_usd)
+    out = UniswapDeployment(factory, router, quoter, npm, weth, tuple(created))
+    log.info("devnet.uniswap_deployed", factory=factory, router=router, quoter=quoter,
+             pools=len(created), depth_usd=depth_usd)
+    return out
 
+
+async def add_pools(rpc: RpcClient, d: Deployment, uni: UniswapDeployment, specs: Sequence[PoolSpec], *,
+                    depth_usd: int) -> UniswapDeployment:
+    """Create and fund more pools on an existing Uniswap (each emits the factory's PoolCreated)."""
+    created = await _seed_pools(rpc, _Sender(rpc, d.deployer), d, uni.factory, uni.position_manager, specs,
+                                depth_usd)
+    return UniswapDeployment(uni.factory, uni.router, uni.quoter, uni.position_manager, uni.weth,
+                             (*uni.pools, *created))
+
+
+async def _seed_pools(rpc: RpcClient, tx: _Sender, d: Deployment, factory: str, npm: str,
+                      specs: Sequence[PoolSpec], depth_usd: int) -> list[UniswapPool]:
     prices = {s.symbol: await get_price(rpc, d, s.symbol) for s in ASSETS}
     decimals = {s.symbol: s.decimals for s in ASSETS}
     amounts = [_pool_amounts(s, depth_usd, prices, decimals) for s in specs]
     await _fund_lp(rpc, tx, d, npm, amounts)
-
     created = []
     for spec, amount in zip(specs, amounts, strict=True):
         depth = depth_usd * spec.weight_bps // 10_000
         created.append(await _create_pool(tx, d, factory, npm, spec, amount, prices, decimals, depth))
     await _check_pool_addresses(rpc, factory, created)
-    out = UniswapDeployment(factory, router, quoter, npm, weth, tuple(created))
-    log.info("devnet.uniswap_deployed", factory=factory, router=router, quoter=quoter,
-             pools=len(created), depth_usd=depth_usd)
-    return out
+    return created
 
 
 def _pool_amounts(spec: PoolSpec, depth_usd: int, prices: dict[str, int],

@@ -123,6 +123,7 @@ class Attempt:
         self.probe = False  # sent as the half-open circuit breaker's one trial
         self.floor_bid: Bid = first.bid  # replacements bump from here (raised by refusals)
         self.outcome: Outcome | None = None
+        self.nonce_used_at: int | None = None  # first head at which the nonce was used without our receipt
         self._callbacks: list[Callable[[Outcome], None]] = []
 
     @property

@@ -122,11 +122,16 @@ class SenderCore:
 
     async def _check_mined(self, a: Attempt) -> bool:
         """Settle `a` if any version of it has a receipt. True when settled."""
-        if a.outcome is not None:
-            return True
-        txs = list(a.txs)
-        replies = await self.rpc.batch([("eth_getTransactionReceipt", [t.tx_hash]) for t in txs])
-        for sent, receipt in zip(txs, replies, strict=True):
+        await self._check_mined_all([a])
+        return a.outcome is not None
+
+    async def _check_mined_all(self, attempts: list[Attempt]) -> None:
+        """Settle every attempt that has a receipt for any of its versions: one batched request."""
+        todo = [(a, t) for a in attempts if a.outcome is None for t in list(a.txs)]
+        if not todo:
+            return
+        replies = await self.rpc.batch([("eth_getTransactionReceipt", [t.tx_hash]) for _, t in todo])
+        for (a, sent), receipt in zip(todo, replies, strict=True):
             if isinstance(receipt, RpcError):
                 if isinstance(receipt, TRANSIENT_ERRORS):
                     continue
@@ -140,8 +145,6 @@ class SenderCore:
                 status = "included" if ok else "reverted"
             self._finish(a, status, a.cancel_reason if status == "cancelled" else None,
                          int(receipt["blockNumber"], 16), receipt=receipt, sent=sent)
-            return True
-        return a.outcome is not None
 
     def _finish(self, a: Attempt, status: Status, reason: str | None, block: int, *,
                 receipt: dict[str, Any] | None = None, sent: SentTx | None = None,

@@ -166,6 +166,20 @@ class Sender(Follower):
             log.debug("exec.settle_poll_failed", tx=attempt.tx_hash, error=type(e).__name__)
         return attempt.outcome
 
+    async def settle_all(self, attempts: list[Attempt], timeout_s: float, poll_s: float = 0.02) -> None:
+        """Wait up to `timeout_s` in all for `attempts` to settle: one batched receipt request per poll."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while any(a.outcome is None for a in attempts):
+                    await self._check_mined_all(attempts)
+                    if all(a.outcome is not None for a in attempts):
+                        break
+                    await asyncio.sleep(poll_s)
+        except TimeoutError:
+            pass
+        except RpcError as e:
+            log.debug("exec.settle_poll_failed", attempts=len(attempts), error=type(e).__name__)
+
     async def _send_first(self, intent: Intent, bid: Bid) -> tuple[int, str, bytes, int]:
         """Broadcast the first version: (nonce, hash, signed bytes, the chain's head at the broadcast)."""
         for attempt in (1, 2):

@@ -29,6 +29,7 @@ from eth_utils import to_checksum_address
 
 from keeper.errors import KeeperError
 from keeper.health import mirror_events as ev
+from keeper.health.mirror_v30 import account_v30, move_scaled_v30
 from keeper.log import get_logger
 from keeper.protocol.math import (
     RAY,
@@ -37,9 +38,11 @@ from keeper.protocol.math import (
     a_token_balance,
     normalized_debt_ray,
     normalized_income_ray,
+    ray_mul,
     scaled_from_balance,
     v_token_balance,
 )
+from keeper.protocol.math_v30 import compounded_interest_ray_v30
 from keeper.types import AccountHealth, Address
 
 log = get_logger(__name__)
@@ -66,12 +69,18 @@ class ReserveState:
     last_update_timestamp: int
     price_base: int | None = None  # None: unknown (fallback oracle / new source) until re-read
     price_source: Address | None = None
+    stable_debt_token: Address | None = None  # v3.0-v3.1 only
+    compounding_v30: bool = False  # v3.0's MathUtils.calculateCompoundedInterest
 
     def normalized_income_ray(self, timestamp: int) -> int:
         return normalized_income_ray(self.liquidity_index_ray, self.liquidity_rate_ray,
                                      self.last_update_timestamp, timestamp)
 
     def normalized_debt_ray(self, timestamp: int) -> int:
+        if self.compounding_v30 and timestamp != self.last_update_timestamp:
+            growth = compounded_interest_ray_v30(self.variable_borrow_rate_ray, self.last_update_timestamp,
+                                                 timestamp)
+            return ray_mul(growth, self.variable_borrow_index_ray)
         return normalized_debt_ray(self.variable_borrow_index_ray, self.variable_borrow_rate_ray,
                                    self.last_update_timestamp, timestamp)
 
@@ -100,6 +109,7 @@ class EModeCategory:
     borrowable_bitmap: int = 0
     ltvzero_bitmap: int = 0
     label: str = ""
+    price_source_set: bool = False  # v3.0: the category prices its assets with its own oracle
 
 
 @dataclass(slots=True)
@@ -112,6 +122,8 @@ class UserState:
     # mirror check an event's `balanceIncrease` against its own scaled balance.
     a_index: dict[int, int] = field(default_factory=dict)
     v_index: dict[int, int] = field(default_factory=dict)
+    # v3.0-v3.1: reserve id -> (stable principal, the user's stable rate, the user's last update time)
+    stable: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
     @staticmethod
     def collateral_mask_from_config(user_config: int) -> int:
@@ -150,13 +162,16 @@ class HealthMirror:
     """Per-reserve, per-category and per-user state, updated by `apply`; health on demand."""
 
     def __init__(self, *, pool: Address, oracle: Address, configurator: Address | None,
-                 block: int = 0, timestamp: int = 0, track_new_users: bool = True) -> None:
+                 block: int = 0, timestamp: int = 0, track_new_users: bool = True,
+                 legacy: bool = False) -> None:
         self.pool = to_checksum_address(pool)
         self.oracle = to_checksum_address(oracle)
         self.configurator = to_checksum_address(configurator) if configurator else None
         self.block = block
         self.timestamp = timestamp
         self.track_new_users = track_new_users
+        self.legacy = legacy  # v3.0-v3.1 pool: mirror_v30's health math, stable debt, one category per asset
+        self._stable_tokens: dict[Address, ReserveState] = {}
         self.reserves: dict[Address, ReserveState] = {}
         self.emodes: dict[int, EModeCategory] = {}
         self.users: dict[Address, UserState] = {}
@@ -178,6 +193,8 @@ class HealthMirror:
         self._by_id[reserve.id] = reserve
         self._tokens[reserve.a_token] = (reserve, False)
         self._tokens[reserve.variable_debt_token] = (reserve, True)
+        if reserve.stable_debt_token:
+            self._stable_tokens[reserve.stable_debt_token] = reserve
         self._map_source(reserve.asset, reserve.price_source)
         self._ctx = None
 
@@ -186,6 +203,7 @@ class HealthMirror:
         if old is not None:
             self._tokens.pop(old.a_token, None)
             self._tokens.pop(old.variable_debt_token, None)
+            self._stable_tokens.pop(old.stable_debt_token or "", None)
             if self._by_id.get(old.id) is old:
                 del self._by_id[old.id]
             self._unmap_source(old.asset, old.price_source)
@@ -212,6 +230,10 @@ class HealthMirror:
         that compute a price (CAPO, ratio adapters) have no such log: re-read those each block."""
         self._map_source(asset, to_checksum_address(emitter))
 
+    def remove_price_emitter(self, emitter: Address, asset: Address) -> None:
+        """Stop taking `asset`'s price from `emitter` (a proxy re-pointed, a source replaced)."""
+        self._unmap_source(asset, to_checksum_address(emitter))
+
     def advance_to(self, block: int, timestamp: int) -> None:
         """Declare every log up to `block` applied; health defaults to this block's timestamp."""
         self.block, self.timestamp = block, timestamp
@@ -230,7 +252,7 @@ class HealthMirror:
     def log_addresses(self) -> list[Address]:
         """Every emitter of a log the mirror consumes: one eth_getLogs `address` list."""
         fixed = [self.pool, self.oracle] + ([self.configurator] if self.configurator else [])
-        return list(dict.fromkeys([*fixed, *self._tokens, *self._sources]))
+        return list(dict.fromkeys([*fixed, *self._tokens, *self._stable_tokens, *self._sources]))
 
     def affected_by_price(self, asset: Address) -> set[Address]:
         """Users whose health reads `asset`'s price: debt in it, or it enabled as collateral with a
@@ -274,7 +296,7 @@ class HealthMirror:
         if state is None:
             return None
         ts = self.timestamp if timestamp is None else timestamp
-        return self._account(user, state, self._context(ts), self.block if block is None else block)
+        return self._account(user, state, self._context(ts), self.block if block is None else block, ts)
 
     def recompute(self, users: Iterable[Address] | None = None, timestamp: int | None = None, *,
                   block: int | None = None) -> dict[Address, AccountHealth]:
@@ -290,14 +312,16 @@ class HealthMirror:
             s = states.get(u)
             if s is None:
                 continue
-            h = self._account(u, s, ctx, blk)
+            h = self._account(u, s, ctx, blk, ts)
             if h is not None:
                 out[u] = h
         return out
 
     def _account(self, user: Address, u: UserState, ctx: Mapping[int, tuple],
-                 block: int) -> AccountHealth | None:
+                 block: int, timestamp: int) -> AccountHealth | None:
         """GenericLogic.calculateUserAccountData + calculateAvailableBorrows, integer for integer."""
+        if self.legacy:
+            return account_v30(self, user, u, ctx, timestamp, block)
         em_lt = em_ltv = em_coll = em_zero = 0
         in_emode = False
         if u.emode:
@@ -422,6 +446,14 @@ class HealthMirror:
         self.dirty_users.add(user)
         applied.dirty_users.add(user)
 
+    def _on_stable_debt(self, e: ev.StableDebtMoved, applied: Applied) -> bool:
+        if e.emitter not in self._stable_tokens:
+            return False
+        if self._user(e.user, applied) is not None:  # principal, rate and timestamp: re-read them
+            self.dirty_users.add(e.user)
+            applied.dirty_users.add(e.user)
+        return True
+
     def _on_collateral(self, e: ev.CollateralToggled, applied: Applied) -> bool:
         r = self.reserves.get(e.asset)
         if e.emitter != self.pool or r is None:
@@ -474,10 +506,13 @@ class HealthMirror:
         balance = v_token_balance if debt else a_token_balance
         old = scaled.get(r.id, 0)
         prev_index = indexes.get(r.id)
-        if prev_index is not None and balance(old, index) - balance(old, prev_index) != balance_increase:
+        if self.legacy:
+            new = move_scaled_v30(old, delta, balance_increase, index, prev_index)
+        elif prev_index is not None and balance(old, index) - balance(old, prev_index) != balance_increase:
             self._mark_dirty(user, applied, "balance_increase_mismatch", asset=r.asset, debt=debt)
             return
-        new = scaled_from_balance(balance(old, index) + delta, index, debt=debt)
+        else:
+            new = scaled_from_balance(balance(old, index) + delta, index, debt=debt)
         if new is None:
             self._mark_dirty(user, applied, "no_exact_scaled_amount", asset=r.asset, debt=debt)
             return
@@ -617,7 +652,7 @@ class HealthMirror:
         self._reindex(user, s)
 
     def _reindex(self, user: Address, s: UserState) -> None:
-        exposure = {rid for rid, v in s.v_scaled.items() if v}
+        exposure = {rid for rid, v in s.v_scaled.items() if v} | set(s.stable)
         bits = s.collateral_mask
         while bits:
             low = bits & -bits
@@ -651,4 +686,5 @@ _HANDLERS: dict[type, Any] = {
     ev.AssetSourceUpdated: HealthMirror._on_asset_source,
     ev.FallbackOracleUpdated: HealthMirror._on_fallback_oracle,
     ev.AnswerUpdated: HealthMirror._on_answer,
+    ev.StableDebtMoved: HealthMirror._on_stable_debt,
 }

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_abi import decode
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 
 from keeper.protocol.abi import event
 from keeper.types import Address
@@ -62,6 +62,15 @@ ASSET_SOURCE_UPDATED = event("AaveOracle", "AssetSourceUpdated")
 FALLBACK_ORACLE_UPDATED = event("AaveOracle", "FallbackOracleUpdated")
 ANSWER_UPDATED = event("DevnetPriceFeed", "AnswerUpdated")
 
+# v3.0-v3.1 only: StableDebtToken balances and an asset's single eMode category.
+def _topic(signature: str) -> str:
+    return "0x" + keccak(text=signature).hex()
+
+
+STABLE_MINT_TOPIC = _topic("Mint(address,address,uint256,uint256,uint256,uint256,uint256,uint256)")
+STABLE_BURN_TOPIC = _topic("Burn(address,uint256,uint256,uint256,uint256,uint256)")
+EMODE_ASSET_CATEGORY_CHANGED_TOPIC = _topic("EModeAssetCategoryChanged(address,uint8,uint8)")
+
 assert SCALED_MINT.topic == event("VariableDebtToken", "Mint").topic
 assert SCALED_BURN.topic == event("VariableDebtToken", "Burn").topic
 
@@ -78,7 +87,8 @@ SOURCE_TOPICS = (ANSWER_UPDATED,)
 def mirror_topics() -> list[str]:
     """topic0 of every event the mirror consumes: the `topics[0]` OR-list for one eth_getLogs."""
     return [e.topic for e in (*POOL_TOPICS, *TOKEN_TOPICS, *CONFIGURATOR_TOPICS, *ORACLE_TOPICS,
-                              *SOURCE_TOPICS)]
+                              *SOURCE_TOPICS)] + [STABLE_MINT_TOPIC, STABLE_BURN_TOPIC,
+                                                  EMODE_ASSET_CATEGORY_CHANGED_TOPIC]
 
 
 # --- decoded values ---------------------------------------------------------------------------
@@ -206,6 +216,14 @@ class AnswerUpdated(MirrorEvent):
     updated_at: int
 
 
+@dataclass(frozen=True, slots=True)
+class StableDebtMoved(MirrorEvent):
+    """A v3.0 StableDebtToken Mint or Burn: the user's principal, rate and timestamp all change
+    (a burn smaller than the accrued interest even emits a Mint); the mirror re-reads the user."""
+
+    user: Address
+
+
 # --- decoding ---------------------------------------------------------------------------------
 
 
@@ -296,6 +314,12 @@ def _decode(t0: str, topics: list[str], data: str, base: tuple) -> MirrorEvent |
         return AssetSourceUpdated(*base, _addr(topics[1]), _addr(topics[2]))
     if t0 == FALLBACK_ORACLE_UPDATED.topic:
         return FallbackOracleUpdated(*base, _addr(topics[1]))
+    if t0 == STABLE_MINT_TOPIC:
+        return StableDebtMoved(*base, _addr(topics[2]))  # onBehalfOf
+    if t0 == STABLE_BURN_TOPIC:
+        return StableDebtMoved(*base, _addr(topics[1]))
+    if t0 == EMODE_ASSET_CATEGORY_CHANGED_TOPIC:
+        return ReserveListChanged(*base, _addr(topics[1]), "emode_category")  # v3.0: reload the market
     return None
 
 

@@ -18,6 +18,7 @@ from keeper.chain.rpc import RpcClient
 from keeper.errors import KeeperError, RpcError, RpcRangeTooLarge, RpcTimeout
 from keeper.health.mirror import Applied, EModeCategory, HealthMirror, ReserveState, UserState
 from keeper.health.mirror_events import blocks_missing_timestamps, mirror_topics
+from keeper.health.mirror_sync_v30 import load_emodes_v30, stable_calls, stable_state
 from keeper.log import get_logger
 from keeper.protocol.aave_v3 import (
     GET_RESERVE_DATA,
@@ -81,7 +82,8 @@ async def bootstrap(rpc: RpcClient, market: Market, users: Iterable[Address], bl
         (res,) = await multicall(rpc, [(market.provider, GET_POOL_CONFIGURATOR.encode())], block)
         configurator = to_checksum_address(GET_POOL_CONFIGURATOR.decode_one(_ok(res, "getPoolConfigurator")))
     mirror = HealthMirror(pool=market.pool, oracle=market.oracle, configurator=configurator,
-                          block=block, timestamp=await _timestamp(rpc, block))
+                          block=block, timestamp=await _timestamp(rpc, block),
+                          legacy=market.rules.legacy_math)
     await load_market(rpc, mirror, block, batch_size=batch_size)
     users = list(dict.fromkeys(to_checksum_address(u) for u in users))
     await refresh_users(rpc, mirror, users, block, previous_index=previous_index, batch_size=batch_size)
@@ -98,11 +100,12 @@ async def load_market(rpc: RpcClient, mirror: HealthMirror, block: int, *, batch
     for a in assets:
         calls += [(mirror.pool, GET_RESERVE_DATA.encode(a)), (mirror.oracle, GET_SOURCE_OF_ASSET.encode(a)),
                   (mirror.oracle, GET_ASSET_PRICE.encode(a))]
-    for c in range(1, MAX_EMODE_CATEGORY + 1):
-        calls += [(mirror.pool, EMODE_COLLATERAL_CONFIG.encode(c)),
-                  (mirror.pool, EMODE_COLLATERAL_BITMAP.encode(c)),
-                  (mirror.pool, EMODE_BORROWABLE_BITMAP.encode(c)),
-                  (mirror.pool, EMODE_LTVZERO_BITMAP.encode(c))]
+    if not mirror.legacy:
+        for c in range(1, MAX_EMODE_CATEGORY + 1):
+            calls += [(mirror.pool, EMODE_COLLATERAL_CONFIG.encode(c)),
+                      (mirror.pool, EMODE_COLLATERAL_BITMAP.encode(c)),
+                      (mirror.pool, EMODE_BORROWABLE_BITMAP.encode(c)),
+                      (mirror.pool, EMODE_LTVZERO_BITMAP.encode(c))]
     results = await multicall(rpc, calls, block, batch_size=batch_size)
     for old in [a for a in mirror.reserves if a not in assets]:  # dropped since the last load
         mirror.drop_reserve(old)
@@ -119,11 +122,18 @@ async def load_market(rpc: RpcClient, mirror: HealthMirror, block: int, *, batch
             liquidation_threshold_bps=cfg.liquidation_threshold_bps, liquidity_index_ray=d[1],
             variable_borrow_index_ray=d[3], liquidity_rate_ray=d[2], variable_borrow_rate_ray=d[4],
             last_update_timestamp=d[6], price_base=price, price_source=source,
+            stable_debt_token=to_checksum_address(d[9]) if mirror.legacy and int(d[9], 16) else None,
+            compounding_v30=mirror.legacy,
         ))
         if price is None:
             mirror.dirty_prices.add(asset)
         else:
             mirror.dirty_prices.discard(asset)
+    if mirror.legacy:
+        datas = [GET_RESERVE_DATA.decode_one(results[3 * i][1]) for i in range(len(assets))]
+        await load_emodes_v30(rpc, mirror, [(d[7], d[0][0]) for d in datas], block)
+        mirror.needs_rebootstrap = False
+        return
     base = 3 * len(assets)
     for c in range(1, MAX_EMODE_CATEGORY + 1):
         j = base + 4 * (c - 1)
@@ -150,7 +160,8 @@ async def refresh_users(rpc: RpcClient, mirror: HealthMirror, users: Sequence[Ad
     if not users:
         return
     reserves = sorted(mirror.reserves.values(), key=lambda r: r.id)
-    per_user = 2 + 2 * len(reserves) * (2 if previous_index else 1)
+    stable = [r for r in reserves if r.stable_debt_token]
+    per_user = 2 + 2 * len(reserves) * (2 if previous_index else 1) + 3 * len(stable)
     calls: list[Call] = []
     for u in users:
         calls += [(mirror.pool, GET_USER_CONFIGURATION.encode(u)), (mirror.pool, GET_USER_EMODE.encode(u))]
@@ -160,6 +171,7 @@ async def refresh_users(rpc: RpcClient, mirror: HealthMirror, users: Sequence[Ad
             if previous_index:
                 calls += [(r.a_token, GET_PREVIOUS_INDEX.encode(u)),
                           (r.variable_debt_token, GET_PREVIOUS_INDEX.encode(u))]
+        calls += stable_calls(stable, u)
     results = await multicall(rpc, calls, block, batch_size=batch_size, partial=failed is not None)
     step = 4 if previous_index else 2
     for k, u in enumerate(users):
@@ -181,6 +193,7 @@ async def refresh_users(rpc: RpcClient, mirror: HealthMirror, users: Sequence[Ad
             if previous_index:
                 state.a_index[r.id] = GET_PREVIOUS_INDEX.decode_one(_ok(part[2], "getPreviousIndex"))
                 state.v_index[r.id] = GET_PREVIOUS_INDEX.decode_one(_ok(part[3], "getPreviousIndex"))
+        state.stable = stable_state(stable, chunk[2 + step * len(reserves):], u)
         mirror.set_user(u, state)
 
 

@@ -59,7 +59,7 @@ async def run(argv: list[str] | None = None) -> dict[str, Any]:
     assert s.rpc_url is not None
     configure_logging(s.log_level, s.log_format)
     t0 = time.monotonic()
-    async with RpcClient(s.rpc_url, timeout_s=s.rpc_timeout_s, max_retries=s.rpc_max_retries) as rpc:
+    async with RpcClient(s.rpc_endpoints(), timeout_s=s.rpc_timeout_s, max_retries=s.rpc_max_retries) as rpc:
         pool = await _pool(rpc, a.pool, s.pool_addresses_provider)
         store = await Store.open(s.db_path)
         try:

@@ -7,7 +7,8 @@ Reads are pinned to a block so one cycle sees one consistent state.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from eth_utils import to_checksum_address
 
@@ -15,6 +16,7 @@ from keeper.chain.multicall import multicall
 from keeper.chain.rpc import RpcClient
 from keeper.errors import ConfigError, KeeperError, RpcError
 from keeper.protocol.abi import decode_revert, event, fn
+from keeper.protocol.rules import detect_rules
 from keeper.types import AccountHealth, Address, Market, Reserve, ReservePosition
 
 # PoolAddressesProvider
@@ -30,6 +32,7 @@ GET_USER_EMODE = fn("Pool", "getUserEMode")
 FLASHLOAN_PREMIUM_TOTAL = fn("Pool", "FLASHLOAN_PREMIUM_TOTAL")
 GET_EMODE_COLLATERAL_CONFIG = fn("Pool", "getEModeCategoryCollateralConfig")
 GET_EMODE_BITMAP = fn("Pool", "getEModeCategoryCollateralBitmap")
+GET_EMODE_DATA = fn("Pool", "getEModeCategoryData")  # v3.0-v3.1 (kept, deprecated, later)
 LIQUIDATION_CALL = fn("Pool", "liquidationCall")
 POOL_REVISION = fn("Pool", "POOL_REVISION")
 # Oracle
@@ -96,8 +99,9 @@ def _ok(result: tuple[bool, bytes], what: str) -> bytes:
     return data
 
 
-async def discover_market(rpc: RpcClient, provider: Address, block: int | str = "latest") -> Market:
-    """Pool, oracle, data provider and every reserve's parameters, from the provider alone."""
+async def discover_market(rpc: RpcClient, provider: Address, block: int | str = "latest", *,
+                          revision_override: int | None = None) -> Market:
+    """Pool, oracle, data provider, reserves and the pool's rules, from the provider alone."""
     provider = to_checksum_address(provider)
     if not await rpc.get_code(provider, block):
         raise ConfigError(f"KEEPER_POOL_ADDRESSES_PROVIDER: no contract at {provider} on this chain")
@@ -118,10 +122,15 @@ async def discover_market(rpc: RpcClient, provider: Address, block: int | str = 
     premium = FLASHLOAN_PREMIUM_TOTAL.decode_one(_ok(meta[1], "FLASHLOAN_PREMIUM_TOTAL"))
     base_unit = BASE_CURRENCY_UNIT.decode_one(_ok(meta[2], "BASE_CURRENCY_UNIT"))
     reserves = await _read_reserves(rpc, pool, oracle, assets, block)
+    rules = await detect_rules(rpc, pool, assets[0] if assets else None,
+                               [r.stable_debt_token for r in reserves], block,
+                               revision_override=revision_override)
+    if not rules.stable_debt:
+        reserves = [replace(r, stable_debt_token=None) for r in reserves]
     return Market(
         chain_id=await rpc.chain_id(), provider=provider, pool=pool, oracle=oracle,
         data_provider=data_provider, reserves=tuple(reserves), base_currency_unit=base_unit,
-        flash_loan_premium_bps=premium,
+        flash_loan_premium_bps=premium, rules=rules,
     )
 
 
@@ -149,6 +158,8 @@ async def _read_reserves(rpc: RpcClient, pool: Address, oracle: Address, assets:
             usage_as_collateral_enabled=cfg.liquidation_threshold_bps > 0,
             borrowing_enabled=cfg.borrowing_enabled, active=cfg.active, frozen=cfg.frozen,
             paused=cfg.paused, price_source=source, reserve_id=data[7],
+            stable_debt_token=to_checksum_address(data[9]) if int(data[9], 16) else None,
+            emode_category=(data[0][0] >> 168) & 0xFF,
         ))
     return reserves
 
@@ -167,17 +178,32 @@ async def read_account_health(rpc: RpcClient, market: Market, users: Sequence[Ad
 async def read_account_data(rpc: RpcClient, pool: Address, users: Sequence[Address], block: int,
                             *, batch_size: int = 500, gas_per_batch: int = 50_000_000,
                             failed: list[Address] | None = None) -> list[AccountHealth]:
-    selector = GET_USER_ACCOUNT_DATA.selector  # encode(address) by hand: same bytes, no eth-abi per user
-    calls = [(pool, selector + bytes(12) + bytes.fromhex(u[2:])) for u in users]
-    results = await multicall(rpc, calls, block, batch_size=batch_size, gas_per_batch=gas_per_batch,
-                              partial=failed is not None)
+    results = await multicall(rpc, account_data_calls(pool, users), block, batch_size=batch_size,
+                              gas_per_batch=gas_per_batch, partial=failed is not None)
+    return decode_account_data(users, results, block, failed=failed)
+
+
+def account_data_calls(pool: Address, users: Sequence[Address]) -> list[tuple[str, bytes]]:
+    """getUserAccountData(user) for each user, encoded by hand: the bytes eth-abi gives, without it."""
+    selector = GET_USER_ACCOUNT_DATA.selector
+    return [(pool, selector + bytes(12) + bytes.fromhex(u[2:])) for u in users]
+
+
+def decode_account_data(users: Sequence[Address], results: Sequence[Any], block: int,
+                        failed: list[Address] | None = None) -> list[AccountHealth]:
+    """getUserAccountData results (one per user, in order) as AccountHealth; a failed one raises.
+
+    With `failed`, a user whose request failed for good (an RpcError in its slot) or whose own call
+    reverted is appended to it and left out instead. Decoded by hand (six uint256 words, the hot
+    path of every cycle): the same values eth-abi gives."""
     out = []
     for user, result in zip(users, results, strict=True):
         # With `failed`, an account whose own call reverted is deferred like a failed request: one
         # account whose getUserAccountData panics (seen on Anvil after some liquidations) must not
         # stop every cycle from reading the others.
         if isinstance(result, RpcError) or (failed is not None and not result[0]):
-            assert failed is not None
+            if failed is None:
+                raise result
             failed.append(user)
             continue
         raw = _ok(result, f"getUserAccountData({user})")
@@ -197,23 +223,26 @@ async def read_prices(rpc: RpcClient, market: Market, block: int) -> dict[Addres
 
 async def read_reserve_positions(rpc: RpcClient, market: Market, users: Sequence[Address], block: int
                                  ) -> dict[Address, tuple[tuple[ReservePosition, ...], int]]:
-    """Per-reserve balances and eMode of each user: aToken and debt balances, collateral flags."""
+    """Per-reserve balances and eMode of each user: aToken and debt balances (stable-rate debt
+    included where the market has it), collateral flags."""
+    debt_tokens = [(r.variable_debt_token, *([r.stable_debt_token] if r.stable_debt_token else []))
+                   for r in market.reserves]
     calls = []
     for u in users:
         calls += [(market.pool, GET_USER_CONFIGURATION.encode(u)), (market.pool, GET_USER_EMODE.encode(u))]
-        for r in market.reserves:
-            calls += [(r.a_token, BALANCE_OF.encode(u)), (r.variable_debt_token, BALANCE_OF.encode(u))]
+        for r, tokens in zip(market.reserves, debt_tokens, strict=True):
+            calls += [(t, BALANCE_OF.encode(u)) for t in (r.a_token, *tokens)]
     results = await multicall(rpc, calls, block)
-    per_user = 2 + 2 * len(market.reserves)
+    per_user = len(calls) // max(1, len(users))
     out = {}
     for i, u in enumerate(users):
-        chunk = results[i * per_user : (i + 1) * per_user]
-        config = GET_USER_CONFIGURATION.decode_one(_ok(chunk[0], "getUserConfiguration"))[0]
-        emode = GET_USER_EMODE.decode_one(_ok(chunk[1], "getUserEMode"))
+        chunk = iter(results[i * per_user : (i + 1) * per_user])
+        config = GET_USER_CONFIGURATION.decode_one(_ok(next(chunk), "getUserConfiguration"))[0]
+        emode = GET_USER_EMODE.decode_one(_ok(next(chunk), "getUserEMode"))
         positions = []
-        for j, r in enumerate(market.reserves):
-            coll = BALANCE_OF.decode_one(_ok(chunk[2 + 2 * j], f"aToken.balanceOf({u})"))
-            debt = BALANCE_OF.decode_one(_ok(chunk[3 + 2 * j], f"debtToken.balanceOf({u})"))
+        for j, (r, tokens) in enumerate(zip(market.reserves, debt_tokens, strict=True)):
+            coll = BALANCE_OF.decode_one(_ok(next(chunk), f"aToken.balanceOf({u})"))
+            debt = sum(BALANCE_OF.decode_one(_ok(next(chunk), f"debtToken.balanceOf({u})")) for _ in tokens)
             # UserConfiguration: bit 2*id is "borrowing", bit 2*id+1 is "using as collateral".
             enabled = bool((config >> (2 * _id(r, j) + 1)) & 1)
             if coll or debt:
@@ -245,6 +274,8 @@ async def read_emode_categories(rpc: RpcClient, market: Market, categories: Iter
     on the collateral assets it covers; each reserve's own parameters apply to the rest.
     """
     ids = sorted({c for c in categories if c})
+    if market.rules.emode_getters == "v3.0":
+        return await _read_emode_categories_v30(rpc, market, ids, block)
     calls = []
     for c in ids:
         calls += [(market.pool, GET_EMODE_COLLATERAL_CONFIG.encode(c)),
@@ -255,6 +286,19 @@ async def read_emode_categories(rpc: RpcClient, market: Market, categories: Iter
         ltv, lt, bonus = GET_EMODE_COLLATERAL_CONFIG.decode_one(_ok(results[2 * k], "eMode config"))
         bitmap = GET_EMODE_BITMAP.decode_one(_ok(results[2 * k + 1], "eMode bitmap"))
         assets = frozenset(r.asset for j, r in enumerate(market.reserves) if (bitmap >> _id(r, j)) & 1)
+        out[c] = EModeCategory(ltv, lt, bonus, assets)
+    return out
+
+
+async def _read_emode_categories_v30(rpc: RpcClient, market: Market, ids: Sequence[int], block: int
+                                     ) -> dict[int, EModeCategory]:
+    """v3.0-v3.1: `getEModeCategoryData`; an asset is in the one category its configuration names."""
+    calls = [(market.pool, GET_EMODE_DATA.encode(c)) for c in ids]
+    results = await multicall(rpc, calls, block) if calls else []
+    out: dict[int, EModeCategory] = {}
+    for c, res in zip(ids, results, strict=True):
+        ltv, lt, bonus, _source, _label = GET_EMODE_DATA.decode_one(_ok(res, f"getEModeCategoryData({c})"))
+        assets = frozenset(r.asset for r in market.reserves if r.emode_category == c)
         out[c] = EModeCategory(ltv, lt, bonus, assets)
     return out
 

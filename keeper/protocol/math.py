@@ -358,6 +358,7 @@ class LiquidationInputs:
     # Optional: with both, the 1-wei cap on the treasury transfer is applied exactly.
     collateral_scaled_balance: int | None = None
     collateral_liquidity_index_ray: int | None = None
+    sizing: str = "v3.3"  # "v3.0": the v3.0-v3.2 LiquidationLogic (see math_v30.py)
 
     @property
     def collateral_unit(self) -> int:
@@ -428,6 +429,10 @@ def close_factor_applies(inputs: LiquidationInputs) -> bool:
 
 def max_liquidatable_debt(inputs: LiquidationInputs) -> tuple[int, bool]:
     """(maxLiquidatableDebt in debt units, whether the close factor cut it)."""
+    if inputs.sizing == "v3.0":
+        from keeper.protocol.math_v30 import max_liquidatable_debt_v30
+
+        return max_liquidatable_debt_v30(inputs)
     if close_factor_applies(inputs):
         # 50% of the borrower's TOTAL debt, not of this reserve's debt.
         half_total_debt_base = percent_mul(
@@ -457,7 +462,7 @@ def available_collateral_to_liquidate(
 
     if max_collateral > inputs.collateral_balance:
         collateral_amount = inputs.collateral_balance
-        debt_needed = percent_div_ceil(
+        debt_needed = (percent_div if inputs.sizing == "v3.0" else percent_div_ceil)(
             (collateral_price * collateral_amount * debt_unit) // (debt_price * collateral_unit),
             bonus,
         )
@@ -511,6 +516,10 @@ def liquidation_outcome(inputs: LiquidationInputs, debt_to_cover: int) -> Liquid
     _u256(debt_to_cover)
     if (reason := validation_revert(inputs)) is not None:
         return _reverted(debt_to_cover, reason)
+    if inputs.sizing == "v3.0":
+        from keeper.protocol.math_v30 import liquidation_outcome_v30
+
+        return liquidation_outcome_v30(inputs, debt_to_cover)
 
     max_debt, close_factor = max_liquidatable_debt(inputs)
     requested = min(debt_to_cover, max_debt)
@@ -555,8 +564,9 @@ def largest_debt_leaving_min_leftover(inputs: LiquidationInputs) -> int:
     of both debt and collateral; 0 if none does.
 
     The leftovers only shrink as the amount grows, so a binary search is exact.
+    v3.0-v3.2 pools have no dust rule: 0 (nothing to search for).
     """
-    if validation_revert(inputs) is not None:
+    if validation_revert(inputs) is not None or inputs.sizing == "v3.0":
         return 0
 
     def ok(amount: int) -> bool:

@@ -119,6 +119,15 @@ async def quote_routes(rpc: RpcClient, quoter: Address, token_in: Address, token
     output here: what a unit of gas is worth in token_out is the strategy's call.
     """
     paths = candidate_paths(token_in, token_out, fee_tiers=fee_tiers, via=via)
+    return await quote_paths(rpc, quoter, paths, amount_in, block, multicall_address=multicall_address)
+
+
+async def quote_paths(rpc: RpcClient, quoter: Address,
+                      paths: Sequence[tuple[Sequence[Address], Sequence[int]]], amount_in: int,
+                      block: int | str, *, multicall_address: str = MULTICALL3_ADDRESS) -> list[Route]:
+    """Quote the given (tokens, fees) paths in one Multicall3 call; the ones that pay, best first."""
+    if not paths:
+        return []
     calls = [(quoter, QUOTE_EXACT_INPUT.encode(encode_path(t, f), amount_in)) for t, f in paths]
     gas = min(QUOTE_GAS_PER_ROUTE * len(calls), DEFAULT_GAS_PER_BATCH)
     results = await multicall(rpc, calls, block, batch_size=len(calls), gas_per_batch=gas,
@@ -130,7 +139,7 @@ async def quote_routes(rpc: RpcClient, quoter: Address, token_in: Address, token
         q = _decode_quote(data)
         if q.amount_out > 0:
             tokens_cs = tuple(to_checksum_address(t) for t in tokens)
-            routes.append(Route(tokens_cs, fees, amount_in, q.amount_out, q.gas_estimate))
+            routes.append(Route(tokens_cs, tuple(fees), amount_in, q.amount_out, q.gas_estimate))
     routes.sort(key=lambda r: (-r.amount_out, r.hops, r.gas_estimate))
     return routes
 

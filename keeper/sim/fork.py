@@ -151,12 +151,18 @@ class ForkSimulator:
             return 0
         await self.rpc.call("anvil_impersonateAccount", [sender])
         try:
-            for _, tx in todo:  # Anvil mines each one as it arrives (the fork is on automine)
-                await self.rpc.call("eth_sendTransaction", [tx.as_rpc(tx.gas or SIM_GAS_LIMIT)])
+            # Anvil mines each one as it arrives (the fork is on automine).
+            hashes = [await self.rpc.call("eth_sendTransaction", [tx.as_rpc(tx.gas or SIM_GAS_LIMIT)])
+                      for _, tx in todo]
+            receipts = await self.rpc.batch([("eth_getTransactionReceipt", [h]) for h in hashes])
         except RpcError as e:
             raise SimulationError(f"replaying pending transactions on the fork failed: {e}") from e
         finally:
             await self.rpc.call("anvil_stopImpersonatingAccount", [sender])
+        reverted = [n for (n, _), r in zip(todo, receipts, strict=True)
+                    if isinstance(r, dict) and int(r["status"], 16) == 0]
+        if reverted:  # they will revert on the chain too (and be counted there); nothing to keep
+            log.warning("sim.replay_reverted", nonces=reverted)
         await self.commit()
         return len(todo)
 

@@ -58,8 +58,10 @@ def liquidation_inputs(
     debt_reserve: Reserve,
     *,
     bonus_bps: int | None = None,
+    sizing: str = "v3.3",
 ) -> LiquidationInputs:
-    """Inputs for the ported liquidationCall; `bonus_bps` overrides the reserve's (eMode)."""
+    """Inputs for the ported liquidationCall; `bonus_bps` overrides the reserve's (eMode);
+    `sizing` is the pool's rule set (Market.rules.sizing)."""
     return LiquidationInputs(
         hf_wad=position.health.health_factor_wad,
         total_collateral_base=position.health.total_collateral_base,
@@ -73,6 +75,7 @@ def liquidation_inputs(
         bonus_bps=collateral_reserve.liquidation_bonus_bps if bonus_bps is None else bonus_bps,
         protocol_fee_bps=collateral_reserve.liquidation_protocol_fee_bps,
         collateral_enabled=collateral.collateral_enabled,
+        sizing=sizing,
     )
 
 
@@ -102,10 +105,11 @@ def evaluate_pair(
     costs: Costs,
     *,
     bonus_bps: int | None = None,
+    sizing: str = "v3.3",
 ) -> list[Candidate]:
     """All non-reverting sizings of one pair."""
     inputs = liquidation_inputs(
-        position, collateral, debt, collateral_reserve, debt_reserve, bonus_bps=bonus_bps
+        position, collateral, debt, collateral_reserve, debt_reserve, bonus_bps=bonus_bps, sizing=sizing
     )
     found: list[Candidate] = []
     for amount in candidate_amounts(inputs):
@@ -140,6 +144,7 @@ def evaluate_position(
     costs: Costs,
     *,
     bonus_overrides_bps: Mapping[Address, int] | None = None,
+    sizing: str = "v3.3",
 ) -> list[Candidate]:
     """Every non-reverting sizing of every liquidatable pair, best net profit first.
 
@@ -171,6 +176,7 @@ def evaluate_position(
                 dbt_reserve,
                 costs,
                 bonus_bps=overrides.get(col.asset.lower()),
+                sizing=sizing,
             )
     return sorted(found, key=_rank)
 
@@ -199,9 +205,11 @@ def best_opportunity(
     *,
     bonus_overrides_bps: Mapping[Address, int] | None = None,
     min_net_profit_base: int = 1,
+    sizing: str = "v3.3",
 ) -> Opportunity | None:
     """The most profitable non-reverting liquidation, or None below `min_net_profit_base`."""
-    ranked = evaluate_position(position, reserves, costs, bonus_overrides_bps=bonus_overrides_bps)
+    ranked = evaluate_position(position, reserves, costs, bonus_overrides_bps=bonus_overrides_bps,
+                               sizing=sizing)
     if not ranked or ranked[0].profit.net_profit_base < min_net_profit_base:
         return None
     return to_opportunity(position, ranked[0])

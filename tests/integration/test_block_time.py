@@ -22,14 +22,24 @@ from scenario import keeper_txs
 from test_sending import Miner, _eventually, _pool_txs_pending, _run_apps, _settings
 
 from keeper.app import App
+from keeper.config import load_settings
+from keeper.devnet.chain import send_as
 from keeper.devnet.seed import Seeder, plan_position, shock
-from keeper.devnet.stack import KEEPER_ADDRESS, Devnet
+from keeper.devnet.stack import KEEPER_ADDRESS, KEEPER_DEV_KEY, Devnet
 from keeper.exec.fees import GWEI, Fees
 from keeper.exec.safety import CLOSED, CircuitBreaker, Safety
 from keeper.exec.sender import Intent, Sender, SendPolicy
 from keeper.exec.signer import Signer
 from keeper.metrics import Metrics
-from keeper.protocol.aave_v3 import LIQUIDATION, discover_market, read_account_health
+from keeper.protocol.aave_v3 import (
+    APPROVE,
+    BALANCE_OF,
+    LIQUIDATION,
+    discover_market,
+    encode_liquidation_call,
+    read_account_health,
+)
+from keeper.sim.fork import ForkSimulator, TxRequest
 
 ETH = 10**18
 
@@ -62,7 +72,7 @@ async def test_a_tx_sent_while_the_cycle_is_5_blocks_behind_is_cancelled_max_pen
     metrics = Metrics()
     # One failure would trip this breaker: the timeout cancel below must not be one.
     safety = Safety(breaker=CircuitBreaker(max_failures=1, window_s=3_600), metrics=metrics)
-    policy = SendPolicy(max_fee_wei=500 * GWEI, max_pending_blocks=6, replace_after_blocks=100)
+    policy = SendPolicy(max_fee_wei=500 * GWEI, max_pending_blocks=6, replace_after_blocks=3)
     sender = Sender(dn.rpc, Signer(SecretStr(key), dn.deployment.chain_id), max_fee_gwei=Decimal(500),
                     policy=policy, safety=safety, metrics=metrics)
     head = await _mine(dn, 8, base_fee=GWEI)
@@ -76,6 +86,10 @@ async def test_a_tx_sent_while_the_cycle_is_5_blocks_behind_is_cancelled_max_pen
         await sender.follow_block(await _mine(dn))
         assert attempt.cancel_reason is None and attempt.live.kind == "liquidation", waited
         assert attempt.outcome is None
+        # Replacement timing counts from the broadcast too: the first look at a replacement (here
+        # capped by the profit, so nothing is re-sent) comes replace_after_blocks after it.
+        expected_look = head + policy.replace_after_blocks if waited >= policy.replace_after_blocks else head
+        assert attempt.last_sent == expected_look, waited
     await sender.follow_block(await _mine(dn))  # max_pending_blocks after the broadcast
     assert attempt.cancel_reason == "timeout" and attempt.live.kind == "cancel"
     assert attempt.live.head == head + policy.max_pending_blocks
@@ -182,3 +196,37 @@ async def test_a_keeper_restarted_mid_liquidation_resumes_and_finishes_the_job(a
     # Every nonce used once, none skipped: the chain's count is the start plus what was mined.
     assert await dn.rpc.get_transaction_count(KEEPER_ADDRESS, "latest") == nonce + mined
     assert await dn.rpc.get_transaction_count(KEEPER_ADDRESS, "pending") == nonce + mined
+
+
+async def test_the_fork_replays_the_keepers_pending_liquidation_before_simulating_the_next(
+        manual: Devnet) -> None:
+    dn, rpc, d = manual, manual.rpc, manual.deployment
+    await rpc.call("evm_setAutomine", [True])
+    plan = plan_position(22, {"WETH": 200_000}, {"USDC": 160_000}, salt=9)  # capped at 50% at -4%
+    await Seeder(rpc, d).seed([plan], liquidity_usd=0)
+    await send_as(rpc, KEEPER_ADDRESS, d.assets["USDC"], APPROVE.encode(d.pool, 2**256 - 1), impersonate=True)
+    await shock(rpc, d, "WETH", -4)
+    await rpc.call("evm_setAutomine", [False])
+    head = await rpc.block_number()
+    data = encode_liquidation_call(d.assets["WETH"], d.assets["USDC"], plan.address, 2**256 - 1)
+    sender = Sender(rpc, Signer(SecretStr(KEEPER_DEV_KEY), d.chain_id), max_fee_gwei=Decimal(500))
+    intent = Intent(key=plan.address, to=d.pool, data=data, gas_limit=600_000, gas_estimate=400_000,
+                    profit_wei=ETH, block=head)
+    attempt = await sender.submit(intent, await sender.fees())
+    debt = await _debt_at(rpc, d.debt_tokens["USDC"], plan.address)
+    async with ForkSimulator(dn.url, load_settings().anvil_path) as sim:
+        await sim.at_block(head)
+        pending = [(a.nonce, TxRequest(KEEPER_ADDRESS, a.intent.to, a.intent.data, gas=a.intent.gas_limit))
+                   for a in sender.replayable()]
+        assert [n for n, _ in pending] == [attempt.nonce]
+        assert await sim.replay_pending(KEEPER_ADDRESS, pending) == 1
+        # The fork holds the pending liquidation (half the debt repaid); a rewind keeps it.
+        on_fork = await _debt_at(sim.rpc, d.debt_tokens["USDC"], plan.address)
+        assert abs(on_fork - debt // 2) <= debt // 10**4, (debt, on_fork)
+        run = await sim.run(TxRequest(KEEPER_ADDRESS, d.pool, data, gas=600_000), [d.assets["USDC"]])
+        assert not run.success  # simulated on top of the first: the borrower is healthy again
+    assert await _debt_at(rpc, d.debt_tokens["USDC"], plan.address) == debt  # nothing mined on the chain
+
+
+async def _debt_at(rpc: Any, token: str, user: str) -> int:
+    return BALANCE_OF.decode_one(await rpc.eth_call(token, BALANCE_OF.encode(user)))

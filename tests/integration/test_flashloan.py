@@ -67,7 +67,7 @@ def _patient(patience: int = 6):
 
 
 async def test_wallet_with_only_eth_liquidates_every_shocked_position_at_a_profit(any_chain: Devnet) -> None:
-    chain = any_chain  # automine, and 1-second blocks
+    chain = any_chain  # Aave v3.6 on automine and on 1-second blocks, and v3.0
     address, key, executor = await _fresh_keeper(chain, chain.uniswap.router, "only-eth")
     assert all(v == 0 for v in (await _balances(chain, address)).values())
     await shock(chain.rpc, chain.deployment, "WETH", -15)
@@ -102,16 +102,18 @@ async def test_wallet_with_only_eth_liquidates_every_shocked_position_at_a_profi
     earned = await _balances(chain, address)
     assert any(v > 0 for v in earned.values())
     assert all(v == 0 for v in (await _balances(chain, executor)).values())
-    # What the wallet received, token by token, is what the fork said the included liquidations
-    # would pay it: never more than 1% worse, and within 3% either way. The gap is the arbitrage
-    # bot re-pricing the pools between a simulation and its inclusion (usually in our favour).
+    # What the wallet received, token by token, is never more than 1% worse than what the fork said
+    # the included liquidations would pay it: the simulation is a floor the keeper can trust.
+    # It may be well above: the fork keeps this cycle's earlier sales in its pools, while on chain
+    # the arbitrage bot pulls them back to the oracle between inclusions, and the profit is a small
+    # difference of large swap amounts (a 2% better swap can double it). So only the downside is
+    # bounded per token.
     settled = [s for r in reports for _, s in r.settled]
     assert len(settled) == sum(r.included for r in reports) > 0
     for symbol, token in chain.deployment.assets.items():
         simulated = sum(s.balance_deltas.get(token, 0) for s in settled)
         got = earned[symbol]
         assert got >= simulated - abs(simulated) // 100 - 10, (symbol, got, simulated)
-        assert abs(got - simulated) <= abs(simulated) * 3 // 100 + 10, (symbol, got, simulated)
     assert sum(r.profit_base for r in reports) > 0
 
 

@@ -290,7 +290,8 @@ async def test_the_keeper_that_loses_a_race_sends_at_most_one_counted_revert_and
     # At most one reverting transaction, in the race block itself, and it is counted.
     assert len(sent) <= 1 and all(t["block"] == race["block"] for t in sent)
     assert loser_app.metrics.liquidations.labels(outcome="reverted")._value.get() == len(reverted) <= 1
-    assert loser_app.sender.safety.breaker.failures == 1  # the lost attempt counts, however it ended
+    # A lost race counts against the breaker only if it cost gas (reverted), not when cancelled.
+    assert loser_app.sender.safety.breaker.failures == len(reverted)
     # The borrower was still liquidatable after the race, and the loser held off.
     assert loser_app.metrics.skipped.labels(reason="cooldown")._value.get() >= 1
     assert loser_app.sender.cooling(user, await dn.rpc.block_number())
@@ -585,6 +586,8 @@ async def test_the_breaker_trips_after_n_forced_reverts_and_indexing_goes_on(
         await shock(rpc, dn.deployment, "WETH", -15)
         await _eventually(lambda: app.sender.safety.breaker.is_open(), 30, "the breaker to trip")
         tripped_cycles = len(app.reports)
+        forced["tripped_at"] = await rpc.block_number()
+        await shock(rpc, dn.deployment, "WETH", -15)  # liquidatable again: the open breaker refuses
         tracked = metrics.borrowers_tracked._value.get()
         # A new borrower arrives after the trip: the index and the health stage pick it up.
         await _open(dn, 20, {"LINK": 5_000}, {"DAI": 2_000})
@@ -595,10 +598,13 @@ async def test_the_breaker_trips_after_n_forced_reverts_and_indexing_goes_on(
     breaker = app.sender.safety.breaker
     assert breaker.trips == 1 and "reverted, reverted, reverted" in (breaker.reason or "")
     assert metrics.breaker_open._value.get() == 1 and metrics.breaker_trips._value.get() == 1
-    assert metrics.liquidations.labels(outcome="reverted")._value.get() == 3
     sent = await _pool_txs_mined(rpc, pool, KEEPER_ADDRESS, start)
-    assert len(sent) == 3 and all(t["status"] == 0 for t in sent)  # and nothing after the trip
-    assert metrics.skipped.labels(reason="breaker_open")._value.get() == len(users) - 3
+    # One cycle sends every liquidation it decided before any is mined (on a chain with a block
+    # time it could not wait for each), so all of that cycle's may revert; nothing after the trip.
+    assert 3 <= len(sent) <= len(users) and all(t["status"] == 0 for t in sent)
+    assert metrics.liquidations.labels(outcome="reverted")._value.get() == len(sent)
+    assert all(t["block"] <= forced["tripped_at"] for t in sent)
+    assert metrics.skipped.labels(reason="breaker_open")._value.get() >= 1
     assert metrics.borrowers_tracked._value.get() == len(users) + 1
 
 

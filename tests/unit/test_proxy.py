@@ -44,7 +44,7 @@ async def test_refusals_never_reach_the_node(chain: Chain, kind: str) -> None:
               "maxPriorityFeePerGas": 1, "nonce": nonce, "chainId": chain.chain_id, "type": 2}
         raw = acct.sign_transaction(tx).raw_transaction
         async with RpcProxy(chain.url, fault_rate=1.0, faults=[kind]) as proxy:
-            async with RpcClient(proxy.url, max_retries=0, send_deadline_s=0.3) as rpc:
+            async with RpcClient(proxy.url, max_retries=0, send_deadline_s=2.0) as rpc:
                 with pytest.raises(TxNotAccepted):
                     await rpc.send_raw_transaction(raw)
                 with pytest.raises(RpcRateLimited if kind != "503" else RpcRefused):

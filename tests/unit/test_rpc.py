@@ -181,7 +181,7 @@ async def test_refused_broadcast_is_resent_as_the_same_bytes_until_accepted(
 
 async def test_broadcast_refused_until_its_deadline_is_not_accepted(fake_node: FakeNode) -> None:
     fake_node.script = [fake_node.http(429)]
-    async with fast_client(fake_node.url, send_deadline_s=0.3) as rpc:
+    async with fast_client(fake_node.url, send_deadline_s=2.0) as rpc:
         with pytest.raises(TxNotAccepted) as info:
             await rpc.send_raw_transaction(b"\x02\x01")
     assert not isinstance(info.value, TRANSIENT_ERRORS)  # not "uncertain": nothing went out

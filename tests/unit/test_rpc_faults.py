@@ -116,3 +116,14 @@ async def test_the_fork_upstream_answers_through_the_keepers_client(chain: Chain
             else:
                 raise AssertionError("the revert was lost")
         assert proxy.stats()["faulted_http_requests"] > 0
+
+
+
+async def test_a_stalled_broadcast_is_never_hedged(fake_node: FakeNode) -> None:
+    # A second copy could be answered "nonce too low" because the first one was mined, which
+    # would read as "nothing went out": a broadcast waits for its own answer.
+    tx_hash = "0x" + "cd" * 32
+    fake_node.script = [fake_node.hang(0.5), fake_node.result(tx_hash)]
+    async with RpcClient(fake_node.url, timeout_s=10, read_deadline_s=0.05) as rpc:
+        assert await rpc.send_raw_transaction(b"\x02\x01") == "0x0"  # the stalled copy's answer
+    assert len(fake_node.requests) == 1
