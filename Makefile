@@ -27,8 +27,8 @@ test: setup
 lint: setup
 	$(BIN)/ruff check keeper tests bench
 
-bench: setup
-	$(BIN)/python bench/run_all.py
+bench: setup  # smoke size (1,000 borrowers); `make bench FULL=1` for 1,000 / 10,000 / 100,000
+	$(BIN)/python bench/run_all.py $(if $(FULL),--full)
 
 devnet-up: setup
 	$(BIN)/keeper devnet up

@@ -140,7 +140,8 @@ class App:
         started = await index.start()
         m.indexed_block.set(started.block)
         tracker = HealthTracker(rpc, market, source=s.health_source, batch_size=s.multicall_batch_size,
-                                gas_per_batch=s.multicall_gas, metrics=m)
+                                gas_per_batch=s.multicall_gas, metrics=m,
+                                recheck_per_block=s.recheck_per_block)
         self.health.set_phase("mirror bootstrap")
         await tracker.start(index.borrowers(), started.block)
         self.health.mark_ready()
@@ -240,7 +241,7 @@ class App:
                 with self.metrics.cycle_seconds.time():
                     update = await st.index.advance(head)
                     view = await st.tracker.update(head.number, added=update.new_borrowers,
-                                                   removed=update.removed_borrowers,
+                                                   removed=update.removed_borrowers, timestamp=head.timestamp,
                                                    reorg=update.fork_point is not None)
                     report = await st.pipeline.run(view)
                 self.metrics.indexed_block.set(update.block)

@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     multicall_batch_size: int = Field(500, ge=1)
     # geth's default eth_call gas cap; 500 getUserAccountData ~ 23M fits with headroom.
     multicall_gas: int = Field(50_000_000, ge=1_000_000)
+    recheck_per_block: int = Field(500, ge=0, description="scheduled on-chain re-checks per block; 0: no cap")
     getlogs_max_range: int = Field(10_000, ge=1)
     poll_interval_s: float = Field(1.0, gt=0, description="head polling period without a websocket")
     heads_stall_timeout_s: float = Field(30.0, gt=0, description="reconnect the websocket after this silence")

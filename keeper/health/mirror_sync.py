@@ -251,11 +251,14 @@ class CatchUp:
 
 
 async def catch_up(rpc: RpcClient, mirror: HealthMirror, to_block: int, *,
-                   max_range: int = 2_000, failed: list[Address] | None = None) -> CatchUp:
+                   max_range: int = 2_000, failed: list[Address] | None = None,
+                   timestamp: int | None = None) -> CatchUp:
     """Apply every log in (mirror.block, to_block], re-read what the logs could not say, and leave
     the mirror at `to_block`. Not reorg-aware: call it with a block the caller considers final,
     or re-bootstrap after a reorg below `mirror.block`. With `failed`, users whose re-read
-    failed for good are appended to it (see refresh_users) instead of failing the catch-up."""
+    failed for good are appended to it (see refresh_users) instead of failing the catch-up.
+    `timestamp` is `to_block`'s when the caller has its header already (the head it is acting
+    on): one request fewer per block."""
     t0 = time.monotonic()
     start = mirror.block + 1
     if to_block < start:
@@ -276,7 +279,7 @@ async def catch_up(rpc: RpcClient, mirror: HealthMirror, to_block: int, *,
         if mirror.dirty_prices:
             out.refreshed_prices = set(mirror.dirty_prices)
             await refresh_prices(rpc, mirror, sorted(mirror.dirty_prices), to_block)
-    mirror.advance_to(to_block, await _timestamp(rpc, to_block))
+    mirror.advance_to(to_block, timestamp if timestamp is not None else await _timestamp(rpc, to_block))
     out.seconds = time.monotonic() - t0
     log.debug("health.mirror_caught_up", from_block=start, to_block=to_block, logs=len(logs),
               events=applied.events, ignored=applied.ignored, refreshed=len(out.refreshed_users),

@@ -22,7 +22,7 @@ from keeper.health.mirror import HealthMirror
 from keeper.health.schedule import DEFAULT_TIERS, Tier, due
 from keeper.log import get_logger
 from keeper.metrics import Metrics
-from keeper.protocol.aave_v3 import GET_USER_ACCOUNT_DATA, decode_account_data, read_account_health
+from keeper.protocol.aave_v3 import account_data_calls, decode_account_data, read_account_health
 from keeper.types import AccountHealth, Address, Market
 
 log = get_logger(__name__)
@@ -51,13 +51,16 @@ class HealthTracker:
         gas_per_batch: int = 50_000_000,
         tiers: tuple[Tier, ...] = DEFAULT_TIERS,
         metrics: Metrics | None = None,
+        recheck_per_block: int = 0,
     ) -> None:
         self.rpc, self.market, self.source = rpc, market, source
         self.batch_size, self.gas, self.tiers = batch_size, gas_per_batch, tiers
         self.metrics = metrics
+        self.recheck_per_block = recheck_per_block  # 0: every account the schedule says is due
         self.mirror: HealthMirror | None = None
         self.feeds: OracleFeeds | None = None
         self.borrowers: set[Address] = set()
+        self.checked_at: dict[Address, int] = {}  # last block each account was read on chain
         # Reads whose request failed for good: retried next block while the rest goes on.
         self.unread: set[Address] = set()  # getUserAccountData
         self.unrefreshed: set[Address] = set()  # the mirror's per-user state
@@ -78,9 +81,12 @@ class HealthTracker:
         added: Iterable[Address] = (),
         removed: Iterable[Address] = (),
         reorg: bool = False,
+        timestamp: int | None = None,
     ) -> HealthView:
         added, removed = set(added), set(removed)
         self.borrowers = (self.borrowers | added) - removed
+        for u in removed:
+            self.checked_at.pop(u, None)
         unread, self.unread = self.unread, set()  # last block's failed reads are read again now
         if self.mirror is None or self.feeds is None:
             return await self._all_on_chain(block)
@@ -91,7 +97,8 @@ class HealthTracker:
             await self.start(self.borrowers, block)
         else:
             not_refreshed: list[Address] = []
-            caught = await mirror_sync.catch_up(self.rpc, self.mirror, block, failed=not_refreshed)
+            caught = await mirror_sync.catch_up(self.rpc, self.mirror, block, failed=not_refreshed,
+                                                timestamp=timestamp)
             self._deferred("mirror_refresh", not_refreshed, block)
             await self.feeds.sync(block, everything=caught.rebootstrapped)
             moved = caught.applied.users & self.borrowers
@@ -103,13 +110,16 @@ class HealthTracker:
         # account that changed in these blocks (a borrower liquidated by 50% is confirmed at once,
         # whatever the mirror thinks, so a second round is never left to a later tier), and
         # whatever the mirror could not re-read or the chain could not answer last block.
-        to_read = (due(block, local, self.borrowers, self.tiers)
-                   | {u for u, h in local.items() if h.liquidatable} | moved)
-        to_read |= (unread | self.unrefreshed) & self.borrowers
+        # Only the schedule's re-checks are budgeted (KEEPER_RECHECK_PER_BLOCK); the rest is always read.
+        must = {u for u, h in local.items() if h.liquidatable} | moved
+        must |= (unread | self.unrefreshed) & self.borrowers
+        to_read = must | self._budget(due(block, local, self.borrowers, self.tiers) - must)
         chain, poll = await self._read_and_poll(sorted(to_read), block)
+        self.checked_at.update(dict.fromkeys(to_read, block))
         if poll.moved:  # an event-less price moved: its users are recomputed and confirmed this block
             confirm = recompute_moved(self.mirror, poll, self.borrowers, local, to_read)
             chain += await self._read(confirm, block)
+            self.checked_at.update(dict.fromkeys(confirm, block))
         drifted = [h.user for h in chain if _differs(local.get(h.user), h)]
         if drifted:
             log.warning("health.mirror_drift", block=block, users=len(drifted), sample=drifted[:3])
@@ -122,6 +132,14 @@ class HealthTracker:
             liquidation_allowed=poll.liquidation_allowed, polled_reserves=len(self.feeds.polled),
         )
 
+    def _budget(self, scheduled: set[Address]) -> set[Address]:
+        """The schedule's re-checks, capped per block: the least recently read first, so each is
+        read within a few blocks while a block costs one Multicall3 call, not one per 500 due."""
+        if not self.recheck_per_block or len(scheduled) <= self.recheck_per_block:
+            return scheduled
+        oldest = sorted(scheduled, key=lambda u: self.checked_at.get(u, -1))
+        return set(oldest[: self.recheck_per_block])
+
     async def _all_on_chain(self, block: int) -> HealthView:
         chain = await self._read(sorted(self.borrowers), block)
         return HealthView(
@@ -132,7 +150,7 @@ class HealthTracker:
                              block: int) -> tuple[list[AccountHealth], PollResult]:
         """The block's one Multicall3: getUserAccountData for `users`, then the oracle poll folded in."""
         assert self.mirror is not None and self.feeds is not None
-        calls = [(self.market.pool, GET_USER_ACCOUNT_DATA.encode(u)) for u in users]
+        calls = account_data_calls(self.market.pool, users)
         results = await multicall(self.rpc, calls + self.feeds.poll_calls(), block,
                                   batch_size=self.batch_size, gas_per_batch=self.gas, partial=True)
         polled = results[len(users):]

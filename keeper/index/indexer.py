@@ -157,7 +157,8 @@ class BorrowerIndex:
             changes = _Changes()
             for attempt in range(1, self.max_attempts + 1):
                 try:
-                    await self._step(head.number, changes)
+                    # The head in hand is trusted only on the first try; a retry re-reads headers.
+                    await self._step(head.number, changes, head if attempt == 1 else None)
                     break
                 except ChainMoved as e:
                     log.warning("index.chain_moved", attempt=attempt, detail=str(e))
@@ -168,18 +169,18 @@ class BorrowerIndex:
 
     # -- one step --------------------------------------------------------------------------
 
-    async def _step(self, target: int, ch: _Changes) -> None:
+    async def _step(self, target: int, ch: _Changes, known: Head | None = None) -> None:
         # Retried internally after a rewind; bounded because each rewind lowers the checkpoint
         # and a step that finds nothing to undo finishes.
         for _ in range(self.keep_blocks + 2):
             try:
-                await self._step_once(target, ch)
+                await self._step_once(target, ch, known)
                 return
             except _Retry:
                 continue
         raise ChainMoved("too many reorgs in one step")
 
-    async def _step_once(self, target: int, ch: _Changes) -> None:
+    async def _step_once(self, target: int, ch: _Changes, known: Head | None = None) -> None:
         cp = self._cp
         safe = target - self.confirmations
         if target - cp.block > self.live_window and safe > cp.block:
@@ -187,8 +188,13 @@ class BorrowerIndex:
             await self._backfill(safe, ch)
             cp = self._cp
         have_base = cp.block >= self.start_block
-        numbers = ([cp.block] if have_base else []) + list(range(cp.block + 1, target + 1))
-        headers = await self._headers(numbers)
+        if (known is not None and known.number == target == cp.block + 1 and cp.hash is not None
+                and known.parent_hash == cp.hash):
+            # The next block, and it links to the checkpoint: no header to read (steady state).
+            headers, have_base = {target: known}, False
+        else:
+            numbers = ([cp.block] if have_base else []) + list(range(cp.block + 1, target + 1))
+            headers = await self._headers(numbers)
         if have_base:
             base = headers.get(cp.block)
             if base is None or (cp.hash is not None and base.hash != cp.hash):

@@ -32,6 +32,11 @@ def load_abi(name: str) -> tuple[dict, ...]:
     return tuple(json.loads((ABI_DIR / f"{name}.json").read_text()))
 
 
+@cache
+def _selector(signature: str) -> bytes:
+    return keccak(text=signature)[:4]
+
+
 @dataclass(frozen=True, slots=True)
 class Fn:
     name: str
@@ -44,7 +49,7 @@ class Fn:
 
     @property
     def selector(self) -> bytes:
-        return keccak(text=self.signature)[:4]
+        return _selector(self.signature)
 
     def encode(self, *args: Any) -> bytes:
         return self.selector + encode(list(self.inputs), list(args))

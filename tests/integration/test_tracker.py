@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keeper.devnet.seed import shock
 from keeper.devnet.stack import Devnet
+from keeper.health.schedule import due
 from keeper.health.tracker import HealthTracker
 from keeper.protocol.aave_v3 import discover_market
 
@@ -84,3 +85,26 @@ async def test_a_reorg_rebuilds_the_mirror_from_the_chain(chain: Devnet) -> None
     view = await mirror.update(head, reorg=True)
     assert view.liquidatable == (await everyone.update(head)).liquidatable == []
     assert view.drift == 0
+
+
+async def test_a_recheck_budget_caps_each_block_and_reaches_every_due_account_in_turn(chain: Devnet) -> None:
+    market = await discover_market(chain.rpc, chain.deployment.pool_addresses_provider)
+    users = [p.address for p in chain.plans]
+    capped = HealthTracker(chain.rpc, market, source="mirror", recheck_per_block=10)
+    await capped.start(users, await chain.rpc.block_number())
+    await chain.rpc.call("evm_mine", [])
+    block = await chain.rpc.block_number()
+    scheduled = due(block, capped.mirror.recompute(users), users)
+    assert len(scheduled) > 20, "the 200-borrower devnet has a few dozen accounts near the line"
+    # Nothing moves: each block reads the budget (plus any liquidatable account), least recently
+    # read first, so the accounts due at every block are all read within a few rounds of the budget.
+    near_line = {u for u in scheduled if capped.mirror.recompute([u])[u].health_factor_wad < 105 * 10**16}
+    assert near_line
+    view = await capped.update(block)
+    rounds = 1
+    while not near_line <= set(capped.checked_at):
+        assert view.checked_on_chain == 10 + len(view.liquidatable)
+        assert rounds < 3 * -(-len(scheduled) // 10), "the budget starves accounts near the line"
+        await chain.rpc.call("evm_mine", [])
+        view = await capped.update(await chain.rpc.block_number())
+        rounds += 1
