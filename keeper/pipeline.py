@@ -1,8 +1,10 @@
 """One keeper cycle at one block: health → opportunity → simulation → execution.
 
-This is where a liquidation is decided. Every stage hands plain values to the
-next; the cycle only sequences them, counts and logs. How a transaction is
-signed and sent lives in keeper/exec/sender.py.
+This is where a liquidation is decided: each liquidatable position is planned
+(keeper/planner.py: pair, size, route, inventory or flash loan), proved on the fork,
+and only a plan the fork shows profitable is handed to the sender. Every stage hands
+plain values to the next; the cycle only sequences them, counts and logs. How a
+transaction is signed and sent lives in keeper/exec/sender.py.
 """
 
 from __future__ import annotations
@@ -16,39 +18,22 @@ from keeper.chain.rpc import RpcClient
 from keeper.config import Settings
 from keeper.errors import TRANSIENT_ERRORS, ExecutionError, SimulationError
 from keeper.exec.fees import Fees, suggest_fees
-from keeper.exec.plan import LiquidationTx, flashloan_tx, inventory_tx
+from keeper.exec.plan import LiquidationTx
 from keeper.exec.sender import Attempt, Intent, Outcome, Sender, SendRefused
 from keeper.health.tracker import HealthView
 from keeper.log import get_logger
 from keeper.metrics import Metrics
-from keeper.protocol.aave_v3 import BALANCE_OF, read_emode_categories, read_prices, read_reserve_positions
+from keeper.planner import Planner, Skip
+from keeper.protocol.aave_v3 import read_emode_categories, read_prices, read_reserve_positions
 from keeper.protocol.math import MINIMUM_HEALTH_FACTOR_LIQUIDATION_THRESHOLD_WAD
-from keeper.protocol.uniswap_graph import RouteFinder
 from keeper.sim.fork import ForkSimulator, TxRequest
-from keeper.sim.search import best_by_fork
-from keeper.strategy.opportunity import Candidate, best_opportunity, evaluate_position, to_opportunity
-from keeper.strategy.profit import Costs, ProfitBreakdown, flash_premium, profit, value_base_floor
-from keeper.strategy.routes import best_net_route, choose_execution, pair_names
+from keeper.strategy.profit import Costs, value_base_floor
 from keeper.types import AccountHealth, Address, Market, Opportunity, Position, SimResult
 
 log = get_logger(__name__)
 
-FLASH_CANDIDATES = 3  # sizings quoted on the DEX per borrower
 POSITION_CHUNK = 16  # borrowers whose per-reserve balances are read per round trip
 NATIVE_WRAPPERS = ("WETH", "WMATIC", "WPOL", "WAVAX", "WBNB", "WXDAI", "WFTM", "WS", "WMNT")
-# Until the fork measures it: a liquidationCall is ~330k gas, with a flash loan and swap ~600k.
-FLASH_GAS_UNITS, INVENTORY_GAS_UNITS = 650_000, 400_000
-
-
-@dataclass(frozen=True, slots=True)
-class _Skip:
-    """Why a position is not planned (a planner's answer when it has no transaction)."""
-
-    reason: str
-    kv: dict[str, object] = field(default_factory=dict)
-
-
-Planned = tuple[Opportunity, LiquidationTx] | _Skip
 
 
 @dataclass
@@ -95,15 +80,12 @@ class Pipeline:
         self.sim = simulator
         self.keeper = keeper
         self.sender = sender  # None: dry run, nothing is ever broadcast
-        self.flash = settings.execution == "flashloan"
-        self.gas_units = INVENTORY_GAS_UNITS if settings.execution == "inventory" else FLASH_GAS_UNITS
         self.native = native_asset(market, settings.native_asset)
+        self.planner = Planner(rpc=rpc, fork_rpc=lambda: simulator.rpc, market=market, settings=settings,
+                               metrics=metrics, keeper=keeper)
+        self.routes = self.planner.routes  # the pool graph (the app reads it before the first head)
         self.executor = settings.executor_address
-        self.quoter = settings.uniswap_quoter
-        self.routes = RouteFinder(rpc, self.quoter, [r.asset for r in market.reserves], hubs=settings.hubs(),
-                                  refresh_blocks=settings.pool_refresh_blocks,
-                                  max_hops=settings.swap_max_hops) if self.quoter else None
-        self.min_profit_base = int(settings.min_profit_usd * market.base_currency_unit)
+        self.min_profit_base = self.planner.min_profit_base
         self._sent: list[_Sent] = []  # this cycle's transactions, settled at its end
 
     @property
@@ -192,7 +174,7 @@ class Pipeline:
 
     def _costs(self, position: Position, fees: Fees) -> Costs:
         native_price = position.prices_base.get(self.native, 0) if self.native else 0
-        return Costs(gas_units=self.gas_units, gas_price_wei=fees.expected_price,
+        return Costs(gas_units=self.planner.gas_units, gas_price_wei=fees.expected_price,
                      native_price_base=native_price)
 
     async def _handle(self, position: Position, bonuses: dict[Address, int], fees: Fees,
@@ -202,12 +184,12 @@ class Pipeline:
         if self.sender is not None and (why := self.sender.blocked(position.user, position.block)):
             return self._skip(report, why, position.user)
         costs = self._costs(position, fees)
-        plan_for = {"flashloan": self._plan_flash, "inventory": self._plan_inventory,
-                    "auto": self._plan_auto}[self.settings.execution]
-        if self.market.rules.sizing == "simulate":  # an unknown revision: no ported rules are trusted
-            plan_for = self._plan_by_fork
-        planned = await plan_for(position, costs, bonuses)
-        if isinstance(planned, _Skip):
+
+        async def simulate(opp: Opportunity, plan: LiquidationTx) -> SimResult:
+            return await self._simulate(opp, plan, position, costs)
+
+        planned = await self.planner.plan(position, costs, bonuses, simulate)
+        if isinstance(planned, Skip):
             return self._skip(report, planned.reason, position.user, **planned.kv)
         opp, plan = planned
         try:
@@ -227,129 +209,6 @@ class Pipeline:
         self.metrics.simulations.labels(result="profitable").inc()
         await self.sim.commit()  # what is sent next must be simulated on top of this one
         await self._execute(opp, plan, result, fees, costs.native_price_base, report)
-
-    async def _plan_inventory(self, position: Position, costs: Costs, bonuses: dict[Address, int]) -> Planned:
-        opp = best_opportunity(position, self.market.reserves, costs, bonus_overrides_bps=bonuses,
-                               min_net_profit_base=-(2**255), sizing=self.market.rules.sizing)
-        if opp is None:
-            return _Skip("no_liquidatable_pair")
-        if opp.net_profit_base < self.min_profit_base:
-            return _Skip("unprofitable", {"predicted_base": opp.net_profit_base})
-        return opp, inventory_tx(opp, self.market, self.keeper)
-
-    async def _plan_by_fork(self, position: Position, costs: Costs, bonuses: dict[Address, int]) -> Planned:
-        """An unknown revision: pair and debtToCover are searched on the fork (from inventory only)."""
-        if self.settings.execution != "inventory":
-            return _Skip("unknown_rules_needs_inventory")
-
-        async def simulate(opp: Opportunity) -> SimResult:
-            return await self._simulate(opp, inventory_tx(opp, self.market, self.keeper), position, costs)
-
-        opp = await best_by_fork(position, simulate, costs.native_price_base)
-        if opp is None:
-            return _Skip("no_liquidatable_pair")
-        if opp.net_profit_base < self.min_profit_base:
-            return _Skip("unprofitable", {"predicted_base": opp.net_profit_base})
-        return opp, inventory_tx(opp, self.market, self.keeper)
-
-    async def _plan_auto(self, position: Position, costs: Costs, bonuses: dict[Address, int]) -> Planned:
-        """A flash loan where it pays; else the wallet's own debt asset, if it holds enough and that pays."""
-        flash = await self._plan_flash(position, costs, bonuses)
-        held = await self._plan_held(position, replace(costs, gas_units=INVENTORY_GAS_UNITS), bonuses)
-        mode = choose_execution(None if isinstance(flash, _Skip) else flash[0].net_profit_base,
-                                None if isinstance(held, _Skip) else held[0].net_profit_base,
-                                self.min_profit_base)
-        if mode is None:  # both are skips: a planned one always pays the floor
-            return held if isinstance(held, _Skip) and held.reason == "unprofitable" else flash
-        log.info("strategy.execution", borrower=position.user, mode=mode,
-                 flash_skip=flash.reason if isinstance(flash, _Skip) else None)
-        return flash if mode == "flashloan" else held
-
-    async def _plan_held(self, position: Position, costs: Costs, bonuses: dict[Address, int]) -> Planned:
-        """The best inventory liquidation whose debt asset the wallet holds (on the fork: this cycle's
-        earlier liquidations have already spent some)."""
-        balances: dict[Address, int] = {}
-        for c in evaluate_position(position, self.market.reserves, costs, bonus_overrides_bps=bonuses,
-                                   sizing=self.market.rules.sizing):
-            if c.debt_asset not in balances:
-                raw = await self.sim.rpc.eth_call(c.debt_asset, BALANCE_OF.encode(self.keeper), "latest")
-                balances[c.debt_asset] = BALANCE_OF.decode_one(raw)
-            # Interest accrues until inclusion: keep a margin like the flash loan's.
-            needed = c.outcome.debt_repaid * (10_000 + self.settings.flash_margin_bps) // 10_000 + 1
-            if balances[c.debt_asset] < needed:
-                continue
-            opp = to_opportunity(position, c)
-            if opp.net_profit_base < self.min_profit_base:
-                return _Skip("unprofitable", {"predicted_base": opp.net_profit_base})
-            return opp, inventory_tx(opp, self.market, self.keeper)
-        return _Skip("no_inventory")
-
-    async def _plan_flash(self, position: Position, costs: Costs, bonuses: dict[Address, int]) -> Planned:
-        """Price the best few sizings with real swap quotes; the oracle alone would flatter them."""
-        costs = replace(costs, flash_premium_bps=self.market.flash_loan_premium_bps)
-        candidates = evaluate_position(position, self.market.reserves, costs, bonus_overrides_bps=bonuses,
-                                       sizing=self.market.rules.sizing)[:FLASH_CANDIDATES]
-        if not candidates:
-            return _Skip("no_liquidatable_pair")
-        if self.routes is not None:
-            await self.routes.ensure(position.block)
-        quoted = [q for c in candidates if (q := await self._quote(c, costs, position)) is not None]
-        if not quoted:
-            return _Skip("no_route", {"pairs": self._pairs(candidates)})
-        best = max(quoted, key=lambda q: q.profit.net_profit_base)
-        owed = best.candidate.outcome.debt_repaid + flash_premium(
-            best.candidate.outcome.debt_repaid, self.market.flash_loan_premium_bps)
-        if best.out < owed:
-            return _Skip("route_too_shallow", {"swap_out": best.out, "owed": owed})
-        priced = best.profit
-        opp = replace(to_opportunity(position, best.candidate), gross_profit_base=priced.gross_profit_base,
-                      cost_base=priced.cost_base, net_profit_base=priced.net_profit_base)
-        if opp.net_profit_base < self.min_profit_base:
-            return _Skip("unprofitable", {"predicted_base": opp.net_profit_base})
-        debt = self.market.reserve(opp.debt_asset)
-        min_profit = self.min_profit_base * 10**debt.decimals // position.prices_base[opp.debt_asset]
-        plan = flashloan_tx(opp, self.executor, self.keeper, swap_path=best.path,
-                            quoted_out=best.out,
-                            slippage_bps=self.settings.swap_slippage_bps,
-                            margin_bps=self.settings.flash_margin_bps, min_profit=min_profit)
-        return opp, plan
-
-    async def _quote(self, c: Candidate, costs: Costs, position: Position) -> _Quote | None:
-        seized = c.outcome.collateral_seized
-        if c.collateral_asset == c.debt_asset:
-            out, path = seized, b""
-        else:
-            # The path is chosen on the chain's pools at this block, where arbitrage keeps them, and
-            # priced on the fork, which also holds this cycle's earlier swaps: chosen on the fork, it
-            # would detour around pools our own earlier sales moved, which arbitrage restores.
-            routes = await self.routes.quote(self.rpc, c.collateral_asset, c.debt_asset, seized,
-                                             prices_base=position.prices_base, decimals=self._decimals,
-                                             block=position.block) if self.routes else []
-            i = c.inputs
-            route = best_net_route(
-                routes, gas_price_wei=costs.gas_price_wei, native_price_base=costs.native_price_base,
-                out_price_base=i.debt_price_base, out_decimals=i.debt_decimals,
-                in_price_base=i.collateral_price_base, in_decimals=i.collateral_decimals)
-            if route is not None and self.routes is not None:
-                route = await self.routes.requote(self.sim.rpc, route)
-            if route is None:
-                pair = self._pairs([c])
-                self.metrics.no_route.labels(pair=pair).inc()
-                log.info("strategy.no_route", borrower=position.user, pair=pair,
-                         collateral=c.collateral_asset, debt=c.debt_asset, amount_in=seized)
-                return None
-            out, path = route.amount_out, route.path
-            log.debug("strategy.route", borrower=position.user, pair=self._pairs([c]), hops=route.hops,
-                      path=pair_names(self.market.reserves, [route.tokens]), fees=list(route.fees),
-                      amount_in=seized, amount_out=out)
-        return _Quote(c, out, path, profit(c.inputs, c.outcome, costs, swap_out_debt=out))
-
-    @property
-    def _decimals(self) -> dict[str, int]:
-        return {r.asset: r.decimals for r in self.market.reserves}
-
-    def _pairs(self, candidates: list[Candidate]) -> str:
-        return pair_names(self.market.reserves, [(c.collateral_asset, c.debt_asset) for c in candidates])
 
     def _skip(self, report: CycleReport, reason: str, user: Address, **kv: object) -> None:
         report.skip(reason, user)
@@ -475,14 +334,6 @@ class _Sent:
     opp: Opportunity
     priced: SimResult
     realised_base: Callable[[Outcome], int]
-
-
-@dataclass(frozen=True, slots=True)
-class _Quote:
-    candidate: Candidate
-    out: int  # debt-asset units the swap returns for the seized collateral
-    path: bytes
-    profit: ProfitBreakdown
 
 
 def _signed_value(delta: int, price_base: int, decimals: int) -> int:
