@@ -85,7 +85,7 @@ class ReserveState:
                                    self.last_update_timestamp, timestamp)
 
     def update_state(self, timestamp: int) -> None:
-        """`ReserveLogic.updateState` without an event (the receiveAToken liquidation's collateral).
+        """`ReserveLogic.updateState` without an event (the receiveAToken liquidation's collateral, v3.5+).
 
         The variable index moves only when the reserve has debt; the mirror does not track total
         debt and assumes it does. If it had none, no user's debt reads this index, and the next
@@ -419,7 +419,10 @@ class HealthMirror:
         if e.emitter != self.pool:
             return False
         r = self.reserves.get(e.collateral_asset)
-        if e.receive_a_token and r is not None:
+        # v3.0-v3.1 (`_liquidateATokens` of @aave/core-v3 1.19) only transfers the aTokens: the
+        # collateral reserve is not updated at all, and replaying updateState would move its indexes
+        # off the pool's (linear and compounded interest are not associative).
+        if e.receive_a_token and r is not None and not self.legacy:
             # The collateral reserve got updateState() but no updateInterestRates(): no event.
             if e.timestamp is None:
                 raise MirrorError(f"LiquidationCall at block {e.block} needs its block timestamp")

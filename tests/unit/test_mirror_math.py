@@ -198,6 +198,23 @@ def test_reserve_update_without_timestamp_is_refused(mirror: HealthMirror) -> No
         mirror.apply(ev.ReserveDataUpdated(*_log_base(POOL, ts=None), _checksum(ASSET_A), 0, 0, RAY, RAY))
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_receive_a_token_liquidation_updates_the_collateral_reserve_only_after_v3_0(
+        mirror: HealthMirror, legacy: bool) -> None:
+    """v3.6 `executeLiquidationCall` runs updateState on the collateral reserve without an event;
+    v3.0's `_liquidateATokens` only moves aTokens, so the pool's collateral indexes stay put."""
+    mirror.legacy = legacy
+    r = mirror.reserves[_checksum(ASSET_A)]
+    before = (r.liquidity_index_ray, r.variable_borrow_index_ray, r.last_update_timestamp)
+    mirror.apply(ev.LiquidationCall(*_log_base(POOL, ts=5_000), _checksum(ASSET_A), _checksum(ASSET_B),
+                                    _checksum(ALICE), 10**6, 10**15, _checksum(STRANGER), True))
+    after = (r.liquidity_index_ray, r.variable_borrow_index_ray, r.last_update_timestamp)
+    if legacy:
+        assert after == before
+    else:
+        assert after[2] == 5_000 and after[0] > before[0] and after[1] > before[1]
+
+
 # --- decoding ---------------------------------------------------------------------------------
 
 
