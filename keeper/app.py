@@ -102,6 +102,10 @@ class App:
                 self.health.breaker = lambda: breaker.reason if breaker.is_open() else None
             if sender is not None:
                 await check_gas_balance(rpc, s, signer.address, self.metrics)
+                try:  # a restart mid-liquidation: the fork replays what the last run left pending
+                    await sender.adopt_pending()
+                except RpcError as e:
+                    log.warning("exec.adopt_pending_failed", error=str(e))
             else:  # dry run: no floor to enforce, but keeper_wallet_balance_wei must not read 0
                 self.metrics.wallet_balance_wei.set(await rpc.get_balance(signer.address, "latest"))
             if s.execution != "inventory":  # flashloan or auto

@@ -137,6 +137,8 @@ class Pipeline:
             return
         pending = [(a.nonce, TxRequest(self.keeper, a.intent.to, a.intent.data, gas=a.intent.gas_limit))
                    for a in self.sender.replayable()]
+        # An earlier run's, found pending at start (those mined by now are skipped by the fork).
+        pending += [(t.nonce, TxRequest(self.keeper, t.to, t.data, gas=t.gas)) for t in self.sender.inherited]
         try:
             applied = await self.sim.replay_pending(self.keeper, pending)
         except SimulationError as e:

@@ -168,6 +168,16 @@ def _call(fn: Callable[[Outcome], None], outcome: Outcome) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingTx:
+    """A transaction of this key found pending at start, sent by an earlier run."""
+
+    nonce: int
+    to: Address
+    data: bytes
+    gas: int
+
+
+@dataclass(frozen=True, slots=True)
 class SendResult:
     tx_hash: str
     nonce: int

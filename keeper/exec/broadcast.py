@@ -28,6 +28,7 @@ from keeper.exec.attempt import (
     Attempt,
     Intent,
     Outcome,
+    PendingTx,
     Registry,
     Route,
     SendPolicy,
@@ -72,6 +73,7 @@ class SenderCore:
         self.registry = Registry()
         self.history: deque[Outcome] = deque(maxlen=HISTORY)  # the last settled attempts, oldest first
         self.recent: deque[Attempt] = deque(maxlen=RECENT)  # settled with their liquidation mined
+        self.inherited: list[PendingTx] = []  # an earlier run's, pending at start (adopt_pending)
         self._wake = asyncio.Event()
         self._head = 0  # the newest head the sender has seen (its own reads, or a caller's)
 

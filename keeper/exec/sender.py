@@ -41,6 +41,7 @@ from keeper.exec.attempt import (
     Attempt,
     Intent,
     Outcome,
+    PendingTx,
     Route,
     SendPolicy,
     SendRefused,
@@ -67,6 +68,27 @@ class Sender(Follower):
         for relay in (self.private, self.bundles):
             if relay is not None:
                 await relay.close()
+
+    async def adopt_pending(self) -> int:
+        """Find the transactions an earlier run of this key left pending (a restart mid-liquidation).
+
+        Each cycle's fork replays them before simulating (`inherited`), so the restarted
+        keeper never sends again what they already do; a second liquidation of the same borrower
+        would revert and pay gas. Read from the node's pending block; a node without one (or with
+        nothing of ours in it) leaves the list empty, and the fork's revert check still stands."""
+        latest = await self.rpc.get_transaction_count(self.address, "latest")
+        pending = await self.rpc.get_transaction_count(self.address, "pending")
+        if pending <= latest:
+            return 0
+        block = await self.rpc.call("eth_getBlockByNumber", ["pending", True])
+        ours = [t for t in (block or {}).get("transactions", [])
+                if isinstance(t, dict) and str(t.get("from", "")).lower() == self.address.lower()
+                and t.get("to") and latest <= int(t["nonce"], 16) < pending]
+        self.inherited = sorted((PendingTx(int(t["nonce"], 16), t["to"], bytes.fromhex(t["input"][2:]),
+                                           int(t["gas"], 16)) for t in ours), key=lambda t: t.nonce)
+        log.info("exec.adopted_pending", mined=latest, pending=pending, found=len(self.inherited),
+                 nonces=[t.nonce for t in self.inherited])
+        return len(self.inherited)
 
     # -- the gate -------------------------------------------------------------------------
 
