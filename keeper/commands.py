@@ -215,6 +215,7 @@ async def devnet_up(
         detach=True,
         anvil_binary=settings.anvil_path,
         log_path=state.STATE_DIR / f"{port}.log",
+        state_cache=state.cache_path(port),
     )
     path = state.save(port, dn.anvil.pid, dn.deployment, len(dn.plans), dn.uniswap, dn.executor)
     await dn.rpc.close()  # the Anvil process stays up, detached

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +49,16 @@ class AnvilOptions:
     gas_limit: int = 100_000_000
     code_size_limit: int | None = None
     base_fee: int | None = None
+    # Where Anvil writes the historical states it moves out of memory. Anvil never deletes
+    # them itself (not on SIGTERM, not on SIGINT): left in ~/.foundry/anvil/tmp they filled a
+    # CI disk. None: a temporary folder that stop() removes.
+    state_cache: Path | None = None
+    # Historical states kept on disk once the in-memory ones (Anvil keeps hundreds) are used up:
+    # bounds the disk a chain mining every second for hours can take.
+    max_disk_states: int = 256
     extra: list[str] = field(default_factory=list)
 
-    def argv(self, binary: Path, port: int) -> list[str]:
+    def argv(self, binary: Path, port: int, state_cache: Path) -> list[str]:
         args = [
             str(binary),
             "--port",
@@ -67,6 +76,10 @@ class AnvilOptions:
             "--balance",
             "1000000",
             "--silent",
+            "--cache-path",
+            str(state_cache),
+            "--max-persisted-states",
+            str(0 if self.fork_url else self.max_disk_states),
         ]
         if self.block_time is not None:
             args += ["--block-time", str(self.block_time)]
@@ -101,6 +114,7 @@ class Anvil:
         self.port = self.options.port or free_port()
         self.proc: asyncio.subprocess.Process | None = None
         self._popen: subprocess.Popen | None = None
+        self._own_cache: Path | None = None  # a temporary state cache this object removes
 
     @property
     def url(self) -> str:
@@ -115,7 +129,18 @@ class Anvil:
     async def start(self, *, timeout_s: float = 15.0) -> Anvil:
         if not self.binary.exists():
             raise AnvilError(f"anvil not found at {self.binary}: run `make setup` or set KEEPER_ANVIL_PATH")
-        argv = self.options.argv(self.binary, self.port)
+        cache = self.options.state_cache
+        if cache is None:
+            cache = self._own_cache = Path(tempfile.mkdtemp(prefix="keeper-anvil-"))
+        try:
+            await self._spawn(self.options.argv(self.binary, self.port, cache))
+            await wait_ready(self.url, timeout_s, self._exit_code)
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def _spawn(self, argv: list[str]) -> None:
         # Opening a local log file and forking are sub-millisecond; only the devnet CLI logs to a file.
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: ASYNC230
         try:
@@ -132,12 +157,6 @@ class Anvil:
         finally:
             if self.log_path:
                 out.close()
-        try:
-            await wait_ready(self.url, timeout_s, self._exit_code)
-        except BaseException:
-            await self.stop()
-            raise
-        return self
 
     def _exit_code(self) -> int | None:
         if self._popen is not None:
@@ -145,6 +164,14 @@ class Anvil:
         return self.proc.returncode if self.proc is not None else None
 
     async def stop(self, *, timeout_s: float = 5.0) -> None:
+        try:
+            await self._stop_process(timeout_s)
+        finally:
+            if self._own_cache is not None:
+                cache, self._own_cache = self._own_cache, None
+                await asyncio.to_thread(shutil.rmtree, cache, True)
+
+    async def _stop_process(self, timeout_s: float) -> None:
         if self._popen is not None:
             popen, self._popen = self._popen, None
             await _stop_popen(popen, timeout_s)

@@ -6,6 +6,7 @@ or cheat codes; it talks to any node through `keeper.chain.rpc`.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from eth_utils import to_checksum_address
@@ -105,3 +106,19 @@ async def send_as(rpc: RpcClient, sender: str, to: str | None, data: bytes, *, v
         label = what or f"call to {to} 0x{data[:4].hex()}"
         raise DevnetTxFailed(f"{label} reverted (tx {tx_hash})")
     return receipt
+
+
+async def send_all_as(rpc: RpcClient, sender: str, txs: list[tuple[str, bytes, int]], *,
+                      what: str) -> list[dict[str, Any]]:
+    """Send (to, data, gas) transactions from an unlocked account one after another without waiting,
+    then wait for every receipt: on a chain with a block time they share a block instead of taking
+    one each. Submitted in order, so Anvil gives them consecutive nonces in that order."""
+    hashes = [await rpc.call("eth_sendTransaction", [{"from": sender, "to": to, "data": "0x" + data.hex(),
+                                                       "gas": hex(gas)}]) for to, data, gas in txs]
+    receipts = await asyncio.gather(*(rpc.wait_for_receipt(h, timeout=60, poll_interval=0.02)
+                                      for h in hashes))
+    for h, receipt in zip(hashes, receipts, strict=True):
+        if int(receipt["status"], 16) != 1:
+            raise DevnetTxFailed(f"{what} reverted (tx {h})")
+    return list(receipts)
+

@@ -68,6 +68,7 @@ async def launch(
     block_time: int | None = None,
     detach: bool = False,
     log_path: Path | None = None,
+    state_cache: Path | None = None,
     fund_keeper_usd: int = 5_000_000,
     anvil_binary: Path | None = None,
     dex_depth_usd: int = 10_000_000,
@@ -86,7 +87,8 @@ async def launch(
     adds an L2 PriceOracleSentinel on a sequencer-uptime feed.
     """
     pools = LAYOUTS[uniswap_layout]
-    anvil = Anvil(AnvilOptions(port=port), binary=anvil_binary, detach=detach, log_path=log_path)
+    anvil = Anvil(AnvilOptions(port=port, state_cache=state_cache), binary=anvil_binary, detach=detach,
+                  log_path=log_path)
     await anvil.start()
     rpc = RpcClient(anvil.url, timeout_s=120, max_batch=500)
     await rpc.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from keeper.devnet.aave import Deployment
@@ -13,6 +14,11 @@ STATE_DIR = Path(__file__).resolve().parents[2] / ".devnet"
 
 def state_path(port: int) -> Path:
     return STATE_DIR / f"{port}.json"
+
+
+def cache_path(port: int) -> Path:
+    """Anvil's historical-state cache for a detached devnet; `down` removes it with the state file."""
+    return STATE_DIR / f"{port}.cache"
 
 
 def save(port: int, pid: int, deployment: Deployment, borrowers: int, uniswap: UniswapDeployment,
@@ -38,3 +44,4 @@ def load(port: int) -> dict | None:
 
 def remove(port: int) -> None:
     state_path(port).unlink(missing_ok=True)
+    shutil.rmtree(cache_path(port), ignore_errors=True)

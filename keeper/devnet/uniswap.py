@@ -36,10 +36,11 @@ from keeper.chain.multicall import multicall
 from keeper.chain.rpc import RpcClient
 from keeper.devnet.aave import ASSETS, Deployment
 from keeper.devnet.build import NODE_MODULES
-from keeper.devnet.chain import DevChain, send_as
+from keeper.devnet.chain import DevChain, send_all_as, send_as
 from keeper.devnet.seed import SEL_APPROVE, SEL_DEPOSIT, SEL_MINT, get_price
 from keeper.errors import KeeperError
 from keeper.log import get_logger
+from keeper.protocol.aave_v3 import ALLOWANCE
 from keeper.protocol.abi import fn
 
 log = get_logger(__name__)
@@ -326,8 +327,8 @@ async def align_pools(rpc: RpcClient, d: Deployment, uni: UniswapDeployment, *,
     """
     prices = {s.symbol: await get_price(rpc, d, s.symbol) for s in ASSETS}
     decimals = {s.symbol: s.decimals for s in ASSETS}
-    tx = _Sender(rpc, d.deployer)
-    moved = 0
+    approvals: dict[str, bytes] = {}
+    swaps: list[tuple[str, bytes, int]] = []
     for pool in uni.pools:
         current = SLOT0.decode(await rpc.eth_call(pool.address, SLOT0.encode()))[0]
         target = sqrt_price_x96(prices[pool.symbol0], decimals[pool.symbol0], prices[pool.symbol1],
@@ -338,11 +339,18 @@ async def align_pools(rpc: RpcClient, d: Deployment, uni: UniswapDeployment, *,
         zero_for_one = target < current  # selling token0 lowers its price
         token_in, token_out = (pool.token0, pool.token1) if zero_for_one else (pool.token1, pool.token0)
         await rpc.call("anvil_dealERC20", [d.deployer, token_in, hex(_ARB_AMOUNT)])
-        await tx.send(token_in, SEL_APPROVE + encode(["address", "uint256"], [uni.router, UINT256_MAX]))
+        allowed = ALLOWANCE.decode_one(await rpc.eth_call(token_in, ALLOWANCE.encode(d.deployer, uni.router)))
+        if allowed < _ARB_AMOUNT:
+            approvals[token_in] = SEL_APPROVE + encode(["address", "uint256"], [uni.router, UINT256_MAX])
         params = (token_in, token_out, pool.fee, d.deployer, 2**64, _ARB_AMOUNT, 0, target)
-        swap = _SEL_EXACT_INPUT_SINGLE + encode([_EXACT_INPUT_SINGLE_TYPES], [params])
-        await tx.send(uni.router, swap, gas=2_000_000)
-        moved += 1
+        swaps.append((uni.router, _SEL_EXACT_INPUT_SINGLE + encode([_EXACT_INPUT_SINGLE_TYPES], [params]),
+                      2_000_000))
+    # All in one go, not one receipt after another: on a chain with a block time the searchers'
+    # swaps land together in the next block, as a real arbitrageur's would.
+    txs = [(token, data, 500_000) for token, data in approvals.items()] + swaps
+    if txs:
+        await send_all_as(rpc, d.deployer, txs, what="devnet arbitrage")
+    moved = len(swaps)
     log.info("devnet.pools_aligned", moved=moved)
     return moved
 
