@@ -78,9 +78,9 @@ class AnvilOptions:
             "--silent",
             "--cache-path",
             str(state_cache),
-            "--max-persisted-states",
-            str(0 if self.fork_url else self.max_disk_states),
         ]
+        if "--prune-history" not in self.extra:  # which keeps no state on disk at all
+            args += ["--max-persisted-states", str(0 if self.fork_url else self.max_disk_states)]
         if self.block_time is not None:
             args += ["--block-time", str(self.block_time)]
         if self.fork_url:
