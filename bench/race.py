@@ -18,6 +18,10 @@ wallet), each behind its own recording proxy. Then:
 Results go to bench/results/race-N.json; bench/plot.py draws them and prints the tables.
 `--profile` runs the keeper under py-spy (bench/results/profile-N.txt) and skips the RSS figure.
 `--no-race` measures the keeper alone at steady state (no naive keeper, shocks or crash).
+`--crash-only` runs only issue 9's WETH -30% with the keeper alone, watched until nobody is
+liquidatable or `--crash-blocks` pass (bench/results/crash-N.json).
+Each keeper's wallet holds GAS_ETH of native coin: the devnet's 100 ETH pays for only ~700
+liquidations at a tip that is a share of the profit, and a keeper out of gas stops sending.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ NAIVE_KEY = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a"
 NAIVE_ADDRESS = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
 WINDOW = 8  # blocks watched after each shock
 SHOCK_ASSETS = ("WETH", "WBTC", "LINK", "DAI", "USDC")
+GAS_ETH = 10_000
 
 
 def shock_plan(n: int) -> list[tuple[str, float]]:
@@ -166,6 +171,7 @@ async def run_size(n: int, shocks: int, profile: bool = False, crash_blocks: int
         out["load_average"] = os.getloadavg()  # the machine is shared: how busy it was
         print(f"[{n}] in-process figures: {json.dumps({k: v for k, v in out.items()})}", flush=True)
         await fund_inventory(rpc, d, NAIVE_ADDRESS, 50_000_000)
+        await fund_gas(dn, KEEPER_ADDRESS, NAIVE_ADDRESS)
         await rpc.call("evm_setIntervalMining", [1])
         race = Race(dn, market, users)
         async with HeadClock(dn.url) as clock, RpcProxy(dn.url) as kp, RpcProxy(dn.url) as np_:
@@ -212,6 +218,40 @@ async def run_size(n: int, shocks: int, profile: bool = False, crash_blocks: int
     return out
 
 
+async def fund_gas(dn: Devnet, *wallets: str) -> None:
+    for w in wallets:
+        await dn.rpc.call("anvil_setBalance", [w, hex(GAS_ETH * 10**18)])
+
+
+async def crash_only(n: int, profile: bool, crash_blocks: int) -> dict[str, Any]:
+    """Issue 9 at size n: a devnet with n borrowers on 1-second blocks, the keeper (defaults, breaker
+    included) running and synced, then WETH -30%; watched until nobody is liquidatable."""
+    out: dict[str, Any] = {"borrowers": n}
+    dn = await launch(borrowers=n, fund_keeper_usd=50_000_000)
+    try:
+        market = await discover_market(dn.rpc, dn.deployment.pool_addresses_provider)
+        users, _ = await figures.backfill(dn.rpc, market, dn.deployment.start_block)
+        await fund_gas(dn, KEEPER_ADDRESS)
+        await dn.rpc.call("evm_setIntervalMining", [1])
+        race = Race(dn, market, users)
+        async with HeadClock(dn.url) as clock, RpcProxy(dn.url) as kp:
+            keeper = KeeperProcess(dn, kp, profile=profile, tag=f"crash-{n}")
+            try:
+                out["keeper_sync_s"] = await keeper.start()
+                # Steady state first: cycle times with nothing to liquidate (issue 9: inside the block time).
+                await race.wait_block(await dn.rpc.block_number() + 20)
+                out["steady_cycle"] = cycle_stats(await keeper.metrics_text())
+                out["crash"] = await race.crash(clock, keeper, max_blocks=crash_blocks)
+                out["crash"]["cycle"] = cycle_stats(await keeper.metrics_text())
+                out["keeper_peak_rss_mb"] = None if profile else keeper.peak_rss_mb()
+            finally:
+                await keeper.stop()
+        out["load_average"] = os.getloadavg()
+    finally:
+        await dn.close()
+    return out
+
+
 def shock_to_send(runs: list[dict[str, Any]], sends: list[tuple[float, str, str, int]]) -> None:
     """From each shock's block (first seen on the socket) to the keeper's first broadcast decided
     on a view at or after that block for one of that shock's borrowers, whenever it came (after the
@@ -248,9 +288,15 @@ def saved_figures(log: str | None) -> dict[int, dict[str, Any]]:
 
 
 async def main(sizes: list[int], shocks: int, profile: bool, race_on: bool,
-               saved: dict[int, dict[str, Any]]) -> None:
+               saved: dict[int, dict[str, Any]], crash_blocks: int | None) -> None:
     RESULTS.mkdir(exist_ok=True)
     for n in sizes:
+        if crash_blocks is not None:
+            out = await crash_only(n, profile, crash_blocks)
+            path = RESULTS / f"crash-{n}.json"
+            path.write_text(json.dumps(out, indent=1, default=str))
+            print(f"[{n}] WETH -30%, keeper alone: {out['crash']}\n[{n}] results in {path}", flush=True)
+            continue
         out = await run_size(n, shocks, profile, race_on=race_on, figures_from=saved.get(n))
         path = RESULTS / f"race-{n}.json"
         path.write_text(json.dumps(out, indent=1, default=str))
@@ -266,7 +312,12 @@ if __name__ == "__main__":
                     help="the keeper alone at steady state: no naive keeper, no shocks, no crash")
     ap.add_argument("--figures-from", metavar="LOG",
                     help="reuse the in-process figures an earlier run printed (skips ~4 minutes at 10,000)")
+    ap.add_argument("--crash-only", action="store_true",
+                    help="only WETH -30% with the keeper alone, until nobody is liquidatable")
+    ap.add_argument("--crash-blocks", type=int, default=600,
+                    help="with --crash-only: blocks to watch at most (default 600)")
     args = ap.parse_args()
     configure_logging(level="WARNING")
     saved = saved_figures(args.figures_from)
-    asyncio.run(main(args.sizes, args.shocks, args.profile, not args.no_race, saved))
+    asyncio.run(main(args.sizes, args.shocks, args.profile, not args.no_race, saved,
+                     args.crash_blocks if args.crash_only else None))

@@ -101,7 +101,8 @@ class Pipeline:
         self.metrics.mirror_drift.set(view.drift)
         self.metrics.polled_reserves.set(view.polled_reserves)
         self.metrics.liquidation_allowed.set(int(view.liquidation_allowed))
-        liquidatable = self._sequencer_gate(view, report)
+        gated = self._sequencer_gate(view, report)
+        liquidatable = [h for h in gated if self._may_send(h.user, block, report)]
         if not liquidatable:
             return report
         fees = await suggest_fees(self.rpc, max_fee_gwei=self.settings.max_fee_gwei)
@@ -160,6 +161,15 @@ class Pipeline:
                 out.append(h)
         return out
 
+    def _may_send(self, user: Address, block: int, report: CycleReport) -> bool:
+        """One attempt per borrower in flight, a cooldown after a failure, and nothing at all while
+        paused or tripped: decided before the borrower's balances are read or the fork spends time
+        on it (in a crash, most of a cycle's list is still in flight from the one before)."""
+        if self.sender is not None and (why := self.sender.blocked(user, block)):
+            self._skip(report, why, user)
+            return False
+        return True
+
     async def _positions(self, healths: list[AccountHealth], block: int) -> list[tuple[Position, dict]]:
         """Each borrower's per-reserve balances, and the eMode bonuses that apply to them."""
         users = [h.user for h in healths]
@@ -181,10 +191,6 @@ class Pipeline:
 
     async def _handle(self, position: Position, bonuses: dict[Address, int], fees: Fees,
                       report: CycleReport) -> None:
-        # One attempt per borrower in flight, a cooldown after a failure, and nothing at all
-        # while paused or tripped: decided before the fork spends time on it.
-        if self.sender is not None and (why := self.sender.blocked(position.user, position.block)):
-            return self._skip(report, why, position.user)
         costs = self._costs(position, fees)
 
         async def simulate(opp: Opportunity, plan: LiquidationTx) -> SimResult:

@@ -174,15 +174,23 @@ class Safety:
         self.min_balance_wei = min_balance_wei
         self.metrics = metrics
         self._low_logged = False
+        self._balance_at: tuple[Address, int, int] | None = None  # (wallet, head, balance) last read
 
-    async def refusal(self, rpc: RpcClient, address: Address) -> str | None:
-        """Why sending must not happen now, or None. Reads the wallet balance (one call)."""
+    async def refusal(self, rpc: RpcClient, address: Address, head: int | None = None) -> str | None:
+        """Why sending must not happen now, or None. Reads the wallet balance (one call), once per
+        `head` when the caller knows it: the balance only changes when a block is mined, and in a
+        crash a cycle sends hundreds of liquidations on one head."""
         if self.kill_switch.engaged():
             return PAUSED
         if self.breaker.is_open():
             return BREAKER_OPEN
         if self.min_balance_wei > 0:
-            balance = await rpc.get_balance(address, "latest")
+            cached = self._balance_at
+            if head is not None and cached is not None and cached[:2] == (address, head):
+                balance = cached[2]
+            else:
+                balance = await rpc.get_balance(address, "latest")
+                self._balance_at = (address, head, balance) if head is not None else None
             if self.metrics is not None:
                 self.metrics.wallet_balance_wei.set(balance)
             if balance < self.min_balance_wei:

@@ -123,7 +123,7 @@ class Sender(Follower):
         """Raise SendRefused if the safety gate says no; True when this send is the breaker's probe."""
         if self.safety is None:
             return False
-        if reason := await self.safety.refusal(self.rpc, self.address):
+        if reason := await self.safety.refusal(self.rpc, self.address, self._head):
             raise SendRefused(reason)
         permit = self.safety.breaker.permit()
         if permit is None:

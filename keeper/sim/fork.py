@@ -5,6 +5,11 @@ it at the block the keeper read (`anvil_reset`), and each candidate runs between
 `evm_snapshot`/`evm_revert` (under a millisecond). The keeper trusts what the
 fork's balances say, not its own arithmetic: profit is the change in the
 keeper's token and native balances, valued at the block's oracle prices.
+
+A simulation is on the path from a price update to the send, so it costs three round
+trips: the revert check and the balances before in one JSON-RPC batch, the send (the fork
+impersonates every sender, so no impersonation calls), and the receipt with the balances
+after in one batch. A rewind is skipped when nothing ran since the last snapshot.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from keeper.chain.multicall import multicall
-from keeper.chain.rpc import RpcClient
+from keeper.chain.multicall import MULTICALL3_ADDRESS, decode_aggregate3, encode_aggregate3
+from keeper.chain.rpc import RpcClient, call_params
 from keeper.devnet.anvil import Anvil, AnvilError, AnvilOptions
 from keeper.errors import ExecutionReverted, RpcError, SimulationError
 from keeper.log import get_logger
@@ -70,6 +75,7 @@ class ForkSimulator:
         self._rpc: RpcClient | None = None
         self._block: int | None = None
         self._clean_snapshot: str | None = None
+        self._dirty = False  # something ran on the fork since the clean snapshot
 
     async def __aenter__(self) -> ForkSimulator:
         return self
@@ -115,7 +121,10 @@ class ForkSimulator:
             await self.rpc.call("anvil_reset", [{"forking": {"jsonRpcUrl": self._upstream,
                                                             "blockNumber": block}}])
         self._block = block
+        # Any sender may be simulated (the keeper, replayed pending transactions, approvals).
+        await self.rpc.call("anvil_autoImpersonateAccount", [True])
         self._clean_snapshot = await self.rpc.call("evm_snapshot", [])
+        self._dirty = False
 
     @property
     def rpc(self) -> RpcClient:
@@ -125,9 +134,12 @@ class ForkSimulator:
 
     async def _rewind(self) -> None:
         """Back to the base state; a snapshot is consumed by revert, so take a new one."""
+        if not self._dirty and self._clean_snapshot is not None:
+            return  # nothing ran since the snapshot (a check that reverted, or a commit)
         if self._clean_snapshot is not None:
             await self.rpc.call("evm_revert", [self._clean_snapshot])
         self._clean_snapshot = await self.rpc.call("evm_snapshot", [])
+        self._dirty = False
 
     async def commit(self) -> None:
         """Keep the last run's effects as the base for the next run.
@@ -136,6 +148,7 @@ class ForkSimulator:
         must see the earlier ones (moved DEX prices, spent liquidity, liquidated borrowers).
         """
         self._clean_snapshot = await self.rpc.call("evm_snapshot", [])
+        self._dirty = False
 
     async def replay_pending(self, sender: Address, pending: Sequence[tuple[int, TxRequest]]) -> int:
         """Apply `sender`'s transactions still pending at the fork's block, in nonce order, and keep
@@ -149,7 +162,7 @@ class ForkSimulator:
         todo = sorted((n, tx) for n, tx in pending if n >= mined)
         if not todo:
             return 0
-        await self.rpc.call("anvil_impersonateAccount", [sender])
+        self._dirty = True
         try:
             # Anvil mines each one as it arrives (the fork is on automine).
             hashes = [await self.rpc.call("eth_sendTransaction", [tx.as_rpc(tx.gas or SIM_GAS_LIMIT)])
@@ -157,8 +170,6 @@ class ForkSimulator:
             receipts = await self.rpc.batch([("eth_getTransactionReceipt", [h]) for h in hashes])
         except RpcError as e:
             raise SimulationError(f"replaying pending transactions on the fork failed: {e}") from e
-        finally:
-            await self.rpc.call("anvil_stopImpersonatingAccount", [sender])
         reverted = [n for (n, _), r in zip(todo, receipts, strict=True)
                     if isinstance(r, dict) and int(r["status"], 16) == 0]
         if reverted:  # they will revert on the chain too (and be counted there); nothing to keep
@@ -171,7 +182,7 @@ class ForkSimulator:
         raw = await self.rpc.eth_call(token, ALLOWANCE.encode(owner, spender), "latest")
         if ALLOWANCE.decode_one(raw) >= amount:
             return
-        await self._impersonated(owner, token, APPROVE.encode(spender, UINT256_MAX), gas=100_000)
+        await self._approve(owner, token, spender)
 
     async def run(self, tx: TxRequest, watch: Sequence[Address], *, setup: Sequence[tuple[Address, Address,
                   Address, int]] = ()) -> ForkRun:
@@ -186,14 +197,23 @@ class ForkSimulator:
             for owner, token, spender, amount in setup:
                 await self.ensure_allowance(owner, token, spender, amount)
             gas = tx.gas or SIM_GAS_LIMIT
-            # One eth_call first: a revert's reason comes back at once, and nothing is mined for it.
-            # (eth_estimateGas would cost ~60 ms of repeated executions; the receipt gives the gas.)
-            if (reason := await self._call_reverts(tx, gas)) is not None:
-                return ForkRun(False, 0, 0, 0, {}, 0, reason, time.monotonic() - t0)
-            before = await self._balances(tx.sender, watch)
-            receipt = await self._impersonated(tx.sender, tx.to, tx.data, gas=gas, value=tx.value,
-                                               require_success=False)
-            after = await self._balances(tx.sender, watch)
+            # The eth_call first: a revert's reason comes back at once, and nothing is mined for it
+            # (eth_estimateGas would cost ~60 ms of repeated executions; the receipt gives the gas).
+            check, *before_raw = await self.rpc.batch(
+                [("eth_call", [tx.as_rpc(gas), "latest"]), *self._balance_requests(tx.sender, watch)])
+            if isinstance(check, ExecutionReverted):
+                return ForkRun(False, 0, 0, 0, {}, 0, decode_revert(check.data), time.monotonic() - t0)
+            if isinstance(check, RpcError):
+                raise check
+            before = self._balances(watch, before_raw)
+            self._dirty = True
+            tx_hash = await self.rpc.call("eth_sendTransaction", [tx.as_rpc(gas)])
+            receipt, *after_raw = await self.rpc.batch(
+                [("eth_getTransactionReceipt", [tx_hash]), *self._balance_requests(tx.sender, watch)])
+            if not isinstance(receipt, dict):  # not mined yet when read: wait, then read again
+                receipt = await self._receipt(tx_hash)
+                after_raw = await self.rpc.batch(self._balance_requests(tx.sender, watch))
+            after = self._balances(watch, after_raw)
         except RpcError as e:
             raise SimulationError(f"fork simulation failed: {e}") from e
         success = int(receipt["status"], 16) == 1
@@ -204,33 +224,35 @@ class ForkSimulator:
         return ForkRun(success, gas_used, gas, gas_used * price, deltas,
                        after["native"] - before["native"], reason, time.monotonic() - t0)
 
-    async def _call_reverts(self, tx: TxRequest, gas: int) -> str | None:
-        try:
-            await self.rpc.call("eth_call", [tx.as_rpc(gas), "latest"])
-        except ExecutionReverted as e:
-            return decode_revert(e.data)
-        return None
-
-    async def _balances(self, holder: Address, tokens: Sequence[Address]) -> dict[str, int]:
+    @staticmethod
+    def _balance_requests(holder: Address, tokens: Sequence[Address]) -> list[tuple[str, list[Any]]]:
+        """The holder's token balances (one Multicall3 call) and native balance, as batch items."""
         calls = [(t, BALANCE_OF.encode(holder)) for t in tokens]
-        results = await multicall(self.rpc, calls, "latest") if calls else []
+        return [("eth_call", call_params(MULTICALL3_ADDRESS, encode_aggregate3(calls), "latest")),
+                ("eth_getBalance", [holder, "latest"])]
+
+    @staticmethod
+    def _balances(tokens: Sequence[Address], replies: Sequence[Any]) -> dict[str, int]:
+        tokens_raw, native = replies
+        for reply in replies:
+            if isinstance(reply, RpcError):
+                raise reply
+        results = decode_aggregate3(bytes.fromhex(tokens_raw.removeprefix("0x")))
         out: dict[str, int] = {}
         for token, (ok, data) in zip(tokens, results, strict=True):
             if not ok:
                 raise SimulationError(f"balanceOf on {token} failed on the fork")
             out[token] = BALANCE_OF.decode_one(data)
-        out["native"] = await self.rpc.get_balance(holder, "latest")
+        out["native"] = int(native, 16)
         return out
 
-    async def _impersonated(self, sender: Address, to: Address, data: bytes, *, gas: int, value: int = 0,
-                            require_success: bool = True) -> dict:
-        await self.rpc.call("anvil_impersonateAccount", [sender])
-        try:
-            tx = {"from": sender, "to": to, "data": "0x" + data.hex(), "gas": hex(gas), "value": hex(value)}
-            tx_hash = await self.rpc.call("eth_sendTransaction", [tx])
-            receipt = await self.rpc.wait_for_receipt(tx_hash, timeout=self._timeout_s, poll_interval=0.005)
-        finally:
-            await self.rpc.call("anvil_stopImpersonatingAccount", [sender])
-        if require_success and int(receipt["status"], 16) != 1:
-            raise SimulationError(f"fork set-up transaction to {to} reverted")
-        return receipt
+    async def _approve(self, owner: Address, token: Address, spender: Address) -> None:
+        self._dirty = True
+        tx = {"from": owner, "to": token, "data": "0x" + APPROVE.encode(spender, UINT256_MAX).hex(),
+              "gas": hex(100_000)}
+        receipt = await self._receipt(await self.rpc.call("eth_sendTransaction", [tx]))
+        if int(receipt["status"], 16) != 1:
+            raise SimulationError(f"fork approval of {token} for {spender} reverted")
+
+    async def _receipt(self, tx_hash: str) -> dict:
+        return await self.rpc.wait_for_receipt(tx_hash, timeout=self._timeout_s, poll_interval=0.005)

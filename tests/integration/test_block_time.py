@@ -194,7 +194,9 @@ async def test_a_keeper_restarted_mid_liquidation_resumes_and_finishes_the_job(a
         return report.liquidatable == 0 or idle >= 5
 
     await asyncio.wait_for(second.run(until=done, install_signals=False), 120)
-    assert second.reports[0].block > first.reports[-1].block
+    # Resumed from the checkpoint, never behind it (on 1-second blocks a restart within the second
+    # sees the same head again: its cycle replays the pending transactions and sends nothing twice).
+    assert second.reports[0].block >= first.reports[-1].block
     end = await dn.rpc.block_number()
     still = [h.user for h in await read_account_health(dn.rpc, market, victims, end) if h.liquidatable]
     assert still == []

@@ -123,7 +123,7 @@ async def test_usdc_hub_market_is_liquidated_whole_in_flash_loan_mode_while_pric
         tg.create_task(arbitrage_loop(dn.rpc, dn.deployment, dn.uniswap, app.stop_event, period_s=0.3))
         tg.create_task(prices_keep_falling())
         try:
-            reports = await asyncio.wait_for(app.run(until=done, install_signals=False), 300)
+            await asyncio.wait_for(app.run(until=done, install_signals=False), 300)
         finally:
             app.request_stop()
     assert await _liquidatable(dn) == []
@@ -133,7 +133,9 @@ async def test_usdc_hub_market_is_liquidated_whole_in_flash_loan_mode_while_pric
     assert {("LINK", "DAI"), ("WBTC", "WETH")} <= pairs, pairs
     assert metrics.skipped.labels(reason="no_route")._value.get() == 0
     assert metrics.liquidations.labels(outcome="reverted")._value.get() <= 3
-    assert sum(r.profit_base for r in reports) > 0
+    # Realised profit of every included liquidation, whenever it settled (on 1-second blocks most
+    # land after their cycle's inclusion wait, so the cycle reports alone can miss them).
+    assert metrics.profit_usd._value.get() > 0
 
 
 async def test_auto_mode_uses_inventory_where_no_route_exists_and_flash_loans_where_one_does(

@@ -642,6 +642,13 @@ async def test_sending_is_refused_below_the_gas_floor_and_the_keeper_does_not_st
     safety = Safety(breaker=CircuitBreaker(max_failures=3, window_s=60), min_balance_wei=ETH // 20)
     assert await safety.refusal(bare_chain.rpc, poor.address) == GAS_BALANCE_LOW
     assert await safety.refusal(bare_chain.rpc, KEEPER_ADDRESS) is None
+    # Given the head, the balance is read once per head (it only changes when a block is mined).
+    head = await bare_chain.rpc.block_number()
+    await bare_chain.rpc.call("anvil_setBalance", [poor.address, hex(ETH)])
+    assert await safety.refusal(bare_chain.rpc, poor.address, head) is None
+    await bare_chain.rpc.call("anvil_setBalance", [poor.address, hex(ETH // 100)])
+    assert await safety.refusal(bare_chain.rpc, poor.address, head) is None  # read at this head
+    assert await safety.refusal(bare_chain.rpc, poor.address, head + 1) == GAS_BALANCE_LOW
     app = App(_settings(bare_chain, _key("poor"), min_gas_balance_eth=Decimal("0.05")))
     with pytest.raises(ConfigError, match=r"KEEPER_MIN_GAS_BALANCE_ETH.*below the floor"):
         await asyncio.wait_for(app.run(install_signals=False), 30)
