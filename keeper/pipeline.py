@@ -9,6 +9,7 @@ transaction is signed and sent lives in keeper/exec/sender.py.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,7 @@ from keeper.types import AccountHealth, Address, Market, Opportunity, Position, 
 
 log = get_logger(__name__)
 
+SEND_FINISH_MARGIN_S = 5.0  # beyond the broadcast deadline, for signing and the nonce manager
 POSITION_CHUNK = 16  # borrowers whose per-reserve balances are read per round trip
 NATIVE_WRAPPERS = ("WETH", "WMATIC", "WPOL", "WAVAX", "WBNB", "WXDAI", "WFTM", "WS", "WMNT")
 
@@ -87,6 +89,9 @@ class Pipeline:
         self.executor = settings.executor_address
         self.min_profit_base = self.planner.min_profit_base
         self._sent: list[_Sent] = []  # this cycle's transactions, settled at its end
+        # The last liquidation handed to the sender: it is signed and broadcast while the next
+        # candidate is simulated; the next send waits for it (nonces in simulated order).
+        self._sending: asyncio.Future[None] | None = None
 
     @property
     def dry_run(self) -> bool:
@@ -112,6 +117,27 @@ class Pipeline:
             log.warning("sim.fork_unavailable", block=block, error=str(e), retry="next_block")
             return report
         await self._replay_pending(block)
+        try:
+            await self._decide_all(liquidatable, block, fees, report)
+        finally:
+            await self._finish_sending()
+        await self._settle_sent(report)
+        return report
+
+    async def _finish_sending(self) -> None:
+        """Wait for the cycle's last send and raise what it raised. A send is never abandoned
+        half-way (its nonce reserved, its bytes perhaps out): a cycle that was cancelled or raised
+        still lets it finish."""
+        sending, self._sending = self._sending, None
+        if sending is None:
+            return
+        if not sending.done():
+            await asyncio.wait({sending}, timeout=self.settings.rpc_send_deadline_s + SEND_FINISH_MARGIN_S)
+        if sending.done() and not sending.cancelled():
+            sending.result()
+
+    async def _decide_all(self, liquidatable: list[AccountHealth], block: int, fees: Fees,
+                          report: CycleReport) -> None:
         # Largest debts first, read in small chunks: the first liquidation is signed after one
         # chunk's reads, not after every liquidatable account's.
         for start in range(0, len(liquidatable), POSITION_CHUNK):
@@ -127,8 +153,6 @@ class Pipeline:
                 continue
             for position, bonuses in positions:
                 await self._handle(position, bonuses, fees, report)
-        await self._settle_sent(report)
-        return report
 
     async def _replay_pending(self, block: int) -> None:
         """Put this keeper's transactions that were not mined at `block` on the fork first: on a
@@ -216,7 +240,15 @@ class Pipeline:
             return self._skip(report, "sim_unprofitable", position.user, simulated_base=result.profit_base)
         self.metrics.simulations.labels(result="profitable").inc()
         await self.sim.commit()  # what is sent next must be simulated on top of this one
-        await self._execute(opp, plan, result, fees, costs.native_price_base, report)
+        if self.sender is None:
+            return await self._execute(opp, plan, result, fees, costs.native_price_base, report)
+        if self._sending is not None:
+            # The one before first (nonces in simulated order), and its errors. Shielded: a cycle
+            # cancelled here leaves the send to finish (`_finish_sending`).
+            await asyncio.shield(self._sending)
+        # Signed and broadcast while the next candidate is simulated.
+        self._sending = asyncio.ensure_future(
+            self._execute(opp, plan, result, fees, costs.native_price_base, report))
 
     def _skip(self, report: CycleReport, reason: str, user: Address, **kv: object) -> None:
         report.skip(reason, user)

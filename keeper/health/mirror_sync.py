@@ -45,6 +45,7 @@ SCALED_BALANCE_OF = fn("AToken", "scaledBalanceOf")
 GET_PREVIOUS_INDEX = fn("AToken", "getPreviousIndex")
 
 MAX_EMODE_CATEGORY = 255
+USERS_PER_ROUND = 2_000  # users whose state one refresh round reads (bounds its memory)
 
 
 class MirrorSyncError(KeeperError):
@@ -151,14 +152,21 @@ async def load_market(rpc: RpcClient, mirror: HealthMirror, block: int, *, batch
 
 async def refresh_users(rpc: RpcClient, mirror: HealthMirror, users: Sequence[Address], block: int, *,
                         previous_index: bool = True, batch_size: int = 500,
-                        failed: list[Address] | None = None) -> None:
+                        failed: list[Address] | None = None, users_per_round: int = USERS_PER_ROUND) -> None:
     """Re-read `users`' eMode, collateral bits and scaled balances at `block` (which must be the
     block the mirror's logs are applied to) and replace their mirrored state.
 
     With `failed` given, a user whose reads' request failed for good is appended to it and
     keeps its old state (the caller retries it next block) instead of failing the whole refresh."""
-    if not users:
-        return
+    # A round of users at a time: its calls, calldata and replies are all held at once, and at
+    # 100,000 borrowers one round for all of them would be the process's peak memory.
+    for start in range(0, len(users), users_per_round):
+        await _refresh_round(rpc, mirror, users[start : start + users_per_round], block,
+                             previous_index=previous_index, batch_size=batch_size, failed=failed)
+
+
+async def _refresh_round(rpc: RpcClient, mirror: HealthMirror, users: Sequence[Address], block: int, *,
+                         previous_index: bool, batch_size: int, failed: list[Address] | None) -> None:
     reserves = sorted(mirror.reserves.values(), key=lambda r: r.id)
     stable = [r for r in reserves if r.stable_debt_token]
     per_user = 2 + 2 * len(reserves) * (2 if previous_index else 1) + 3 * len(stable)

@@ -579,6 +579,19 @@ async def test_user_first_seen_in_logs_is_read_at_the_catch_up_block(chain: Devn
     assert not await reconcile(rpc, mirror, [known, stranger], head)
 
 
+async def test_users_read_in_rounds_give_the_same_mirror_as_one_round(chain: Devnet, market: Market) -> None:
+    """A bootstrap reads users a round at a time (bounded memory at 100,000 borrowers): rounds that
+    split the list anywhere give the state one round gives, and it matches the chain."""
+    rpc = chain.rpc
+    users = [p.address for p in chain.plans]
+    block = await rpc.block_number()
+    whole = await bootstrap(rpc, market, users, block)
+    rounds = await bootstrap(rpc, market, [], block)
+    await refresh_users(rpc, rounds, users, block, previous_index=False, users_per_round=7)
+    assert len(users) % 7 and rounds.users == whole.users and len(rounds.users) == len(users)
+    assert not await reconcile(rpc, rounds, users, block)
+
+
 async def test_price_update_moves_only_users_exposed_to_that_asset(chain: Devnet, market: Market) -> None:
     rpc, d = chain.rpc, chain.deployment
     users = [p.address for p in chain.plans]
