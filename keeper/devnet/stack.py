@@ -76,6 +76,7 @@ async def launch(
     uniswap_layout: str = "default",
     oracle: str = "devnet",
     sequencer: bool = False,
+    memory_states: int | None = None,
 ) -> Devnet:
     """Start Anvil, deploy the market, seed borrowers and fund the keeper's inventory.
 
@@ -84,11 +85,14 @@ async def launch(
     (keeper.devnet.uniswap.LAYOUTS: "default", or "usdc_hub" with only USDC pairs and WETH/DAI).
     `oracle="chainlink"` prices the market through
     Chainlink proxies, aggregators and a CAPO-style adapter (keeper/devnet/chainlink.py); `sequencer`
-    adds an L2 PriceOracleSentinel on a sequencer-uptime feed.
+    adds an L2 PriceOracleSentinel on a sequencer-uptime feed. `memory_states` caps the historical
+    states Anvil keeps (`--prune-history`, none on disk): at 100,000 borrowers its default history
+    took 18 GB of memory before seeding ended.
     """
     pools = LAYOUTS[uniswap_layout]
-    anvil = Anvil(AnvilOptions(port=port, state_cache=state_cache), binary=anvil_binary, detach=detach,
-                  log_path=log_path)
+    extra = ["--prune-history", str(memory_states)] if memory_states else []
+    anvil = Anvil(AnvilOptions(port=port, state_cache=state_cache, extra=extra), binary=anvil_binary,
+                  detach=detach, log_path=log_path)
     await anvil.start()
     rpc = RpcClient(anvil.url, timeout_s=120, max_batch=500)
     await rpc.start()
