@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from keeper.chain.multicall import MULTICALL3_ADDRESS, decode_aggregate3, encode_aggregate3
+from keeper.chain.multicall import (
+    DEFAULT_GAS_PER_BATCH,
+    MULTICALL3_ADDRESS,
+    decode_aggregate3,
+    encode_aggregate3,
+)
 from keeper.chain.rpc import RpcClient, call_params
 from keeper.devnet.anvil import Anvil, AnvilError, AnvilOptions
 from keeper.errors import ExecutionReverted, RpcError, SimulationError
@@ -228,7 +233,9 @@ class ForkSimulator:
     def _balance_requests(holder: Address, tokens: Sequence[Address]) -> list[tuple[str, list[Any]]]:
         """The holder's token balances (one Multicall3 call) and native balance, as batch items."""
         calls = [(t, BALANCE_OF.encode(holder)) for t in tokens]
-        return [("eth_call", call_params(MULTICALL3_ADDRESS, encode_aggregate3(calls), "latest")),
+        # Gas explicit, as multicall() passes it: a node's default for eth_call differs between nodes.
+        return [("eth_call", call_params(MULTICALL3_ADDRESS, encode_aggregate3(calls), "latest",
+                                         DEFAULT_GAS_PER_BATCH)),
                 ("eth_getBalance", [holder, "latest"])]
 
     @staticmethod
