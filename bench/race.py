@@ -160,8 +160,7 @@ async def run_size(n: int, shocks: int, profile: bool = False, crash_blocks: int
                    race_on: bool = True, figures_from: dict[str, Any] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"borrowers": n, "shocks": shocks}
     t0 = time.perf_counter()
-    dn = await launch(borrowers=n, fund_keeper_usd=50_000_000,
-                      memory_states=MEMORY_STATES if n >= PRUNED_FROM else None)
+    dn = await _launch(n)
     out["launch_s"] = time.perf_counter() - t0
     try:
         rpc, d = dn.rpc, dn.deployment
@@ -223,6 +222,11 @@ async def run_size(n: int, shocks: int, profile: bool = False, crash_blocks: int
     return out
 
 
+async def _launch(n: int) -> Devnet:
+    return await launch(borrowers=n, fund_keeper_usd=50_000_000,
+                        memory_states=MEMORY_STATES if n >= PRUNED_FROM else None)
+
+
 async def fund_gas(dn: Devnet, *wallets: str) -> None:
     for w in wallets:
         await dn.rpc.call("anvil_setBalance", [w, hex(GAS_ETH * 10**18)])
@@ -232,8 +236,7 @@ async def crash_only(n: int, profile: bool, crash_blocks: int) -> dict[str, Any]
     """Issue 9 at size n: a devnet with n borrowers on 1-second blocks, the keeper (defaults, breaker
     included) running and synced, then WETH -30%; watched until nobody is liquidatable."""
     out: dict[str, Any] = {"borrowers": n}
-    dn = await launch(borrowers=n, fund_keeper_usd=50_000_000,
-                      memory_states=MEMORY_STATES if n >= PRUNED_FROM else None)
+    dn = await _launch(n)
     try:
         market = await discover_market(dn.rpc, dn.deployment.pool_addresses_provider)
         users, _ = await figures.backfill(dn.rpc, market, dn.deployment.start_block)
